@@ -1,0 +1,5 @@
+import sys
+
+from bridged.daemon import main
+
+sys.exit(main())

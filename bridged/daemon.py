@@ -1,0 +1,169 @@
+"""The daemon: parse the command line, build the objects, run the loop.
+
+Objects are built here and passed to each other explicitly; nothing is looked up
+through globals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from bridged import __version__, journal
+from bridged.bridge import BridgeManager, State
+from bridged.config import DEFAULT_PATH, Config, load
+from bridged.errors import BridgeUnavailable, ConfigError
+from bridged.ipconfig import IPManager
+from bridged.kernel.events import LinkMonitor
+from bridged.kernel.netlink import KernelError, Netlink
+from bridged.notify import Notifier
+from bridged.resolved import set_link_dns
+
+log = logging.getLogger("bridged.daemon")
+
+EX_OK = 0
+EX_SOFTWARE = 70
+EX_UNAVAILABLE = 69
+EX_CONFIG = 78
+
+
+class Daemon:
+    def __init__(self, config: Config, args: argparse.Namespace) -> None:
+        self.config = config
+        self.args = args
+        self.notifier = Notifier()
+        self.netlink = Netlink("netlink")
+        self.ip = IPManager(config.ip, self.netlink)
+        self.bridge = BridgeManager(config.bridge, self.ip, self.netlink)
+        self.monitor = LinkMonitor(self.bridge.handle_event, self.bridge.handle_overrun)
+        self._stop = asyncio.Event()
+        self._reloading: asyncio.Task[None] | None = None
+        self.bus = None
+
+    def status_line(self) -> str:
+        return self.bridge.status_line()
+
+    def _status_changed(self) -> None:
+        if self.bridge.state != State.STARTING:
+            self.notifier.status(self.status_line())
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        # Start listening before the first dump, so no event falls between the two.
+        self.monitor.start()
+        try:
+            await self.bridge.start()
+        except BridgeUnavailable as e:
+            log.error("%s", e, extra={"BRIDGED_EVENT": "start-failed"})
+            return EX_UNAVAILABLE
+        except KernelError as e:
+            log.error("cannot set up bridge %s: %s", self.config.bridge.name, e,
+                      extra={"BRIDGED_EVENT": "start-failed"})
+            return EX_UNAVAILABLE
+        await self._apply_dns()
+        self.bridge.on_change.append(self._status_changed)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        self.notifier.ready(self.status_line())
+        self.notifier.start_watchdog()
+        log.info("bridged %s ready: %s", __version__, self.status_line(),
+                 extra={"BRIDGED_EVENT": "ready", "BRIDGED_STATE": self.bridge.state.value})
+        await self._stop.wait()
+
+        log.info("stopping", extra={"BRIDGED_EVENT": "stopping"})
+        self.notifier.stopping()
+        self.notifier.stop_watchdog()
+        if self._reloading is not None:
+            await self._reloading
+        await self.bridge.stop()
+        self.monitor.stop()
+        self.netlink.close()
+        return EX_OK
+
+    def _request_reload(self) -> None:
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.create_task(self._reload())
+
+    async def _reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = load(self.config.path)
+        except ConfigError as e:
+            log.error("reload failed, keeping the running configuration: %s", e,
+                      extra={"BRIDGED_EVENT": "reload-failed", "CONFIG_FILE": e.path})
+            self.notifier.ready(self.status_line())
+            return
+        self.config = new
+        await self.ip.reload(new.ip, self.bridge.bridge)
+        await self.bridge.reload(new.bridge)
+        await self._apply_dns()
+        log.info("configuration reloaded from %s", new.path,
+                 extra={"BRIDGED_EVENT": "reloaded", "CONFIG_FILE": new.path})
+        self.notifier.ready(self.status_line())
+
+    async def _apply_dns(self) -> None:
+        bridge = self.bridge.bridge
+        if bridge is not None and self.config.ip.mode == "static":
+            await set_link_dns(self.bus, bridge.name, bridge.index, self.config.ip.dns)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bridged",
+        description="Own a Linux bridge, keep its uplink enslaved, move the host's IP onto it "
+                    "safely, and hand TAP devices to unprivileged VMs over D-Bus.",
+        epilog="Exit status: 0 stopped cleanly, 69 the bridge could not be set up, "
+               "78 the configuration is invalid. See bridged(8) and bridged.toml(5).",
+    )
+    parser.add_argument("--config", metavar="PATH", default=DEFAULT_PATH,
+                        help=f"configuration file (default: {DEFAULT_PATH})")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration file and exit")
+    parser.add_argument("--log-target", choices=("auto", "journal", "console"), default="auto",
+                        help="where logs go; auto picks the journal when systemd connected "
+                             "stderr to it (default: auto)")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        default="info", help="lowest level logged (default: info)")
+    parser.add_argument("--version", action="version", version=f"bridged {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load(args.config)
+    except ConfigError as e:
+        print(f"bridged: {e}", file=sys.stderr)
+        return EX_CONFIG
+    if args.check_config:
+        print(f"{config.path}: ok")
+        return EX_OK
+    journal.setup(args.log_target, getattr(logging, args.log_level.upper()))
+    if os.geteuid() != 0 and not _has_net_admin():
+        print("bridged: needs CAP_NET_ADMIN (run as root or from bridged.service)",
+              file=sys.stderr)
+        return EX_UNAVAILABLE
+
+    async def run() -> int:
+        return await Daemon(config, args).run()
+
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        return EX_OK
+
+
+def _has_net_admin() -> bool:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) & (1 << 12))
+    except OSError:
+        pass
+    return False

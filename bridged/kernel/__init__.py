@@ -1,0 +1,1 @@
+"""The only code that speaks netlink and tun ioctls. No policy lives here."""

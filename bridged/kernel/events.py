@@ -1,0 +1,103 @@
+"""Link events from rtnetlink, delivered on the asyncio loop.
+
+A plain AF_NETLINK socket joined to RTMGRP_LINK, read with ``loop.add_reader``: no
+thread and no polling. Messages are decoded with pyroute2's ``ifinfmsg``, whose
+buffer API is the same in 0.7.x and 0.9.x (its socket classes are not: 0.9.x's sync
+``IPRoute.get()`` cannot run inside a running event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+from bridged.kernel.netlink import Link, link_from_msg
+
+log = logging.getLogger(__name__)
+
+RTMGRP_LINK = 0x1
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+NLMSG_HDR = struct.Struct("=IHHII")
+RCVBUF = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    removed: bool
+    link: Link
+
+
+class LinkMonitor:
+    """Calls ``on_event`` for each link event, ``on_overrun`` when events were lost."""
+
+    def __init__(
+        self,
+        on_event: Callable[[LinkEvent], None],
+        on_overrun: Callable[[], None],
+    ) -> None:
+        self._on_event = on_event
+        self._on_overrun = on_overrun
+        self._sock: socket.socket | None = None
+
+    def start(self) -> None:
+        sock = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+            socket.NETLINK_ROUTE,
+        )
+        # A burst (1000 taps freed at once) must not overflow the queue; SO_RCVBUFFORCE
+        # needs CAP_NET_ADMIN, which the daemon has, else fall back to what we may set.
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        sock.bind((0, RTMGRP_LINK))
+        self._sock = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
+
+    def stop(self) -> None:
+        if self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+
+    def _readable(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                data = self._sock.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    log.warning("netlink event queue overran; resynchronising from a dump")
+                    self._on_overrun()
+                    continue
+                raise
+            for event in parse_events(data):
+                try:
+                    self._on_event(event)
+                except Exception:
+                    log.exception("link event handler failed for %s", event.link.name)
+
+
+def parse_events(data: bytes) -> list[LinkEvent]:
+    events = []
+    offset = 0
+    while offset + NLMSG_HDR.size <= len(data):
+        length, msg_type, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, offset)
+        if length < NLMSG_HDR.size:
+            break
+        if msg_type in (RTM_NEWLINK, RTM_DELLINK):
+            msg = ifinfmsg(data[offset:offset + length])
+            msg.decode()
+            events.append(LinkEvent(removed=msg_type == RTM_DELLINK, link=link_from_msg(msg)))
+        offset += (length + 3) & ~3
+    return events

@@ -1,0 +1,67 @@
+"""sd_notify: readiness, status, watchdog, reload and stop notifications."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from systemd import daemon as sd_daemon
+
+
+class Notifier:
+    """Talks to the service manager when ``NOTIFY_SOCKET`` is set; a no-op otherwise."""
+
+    def __init__(self) -> None:
+        self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
+        self._last_status = ""
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    def send(self, *lines: str) -> None:
+        if self.enabled:
+            sd_daemon.notify("\n".join(lines))
+
+    def ready(self, status: str) -> None:
+        self._last_status = status
+        self.send("READY=1", f"STATUS={status}")
+
+    def status(self, status: str) -> None:
+        if status != self._last_status:
+            self._last_status = status
+            self.send(f"STATUS={status}")
+
+    def reloading(self) -> None:
+        self.send("RELOADING=1", "STATUS=reloading configuration")
+
+    def stopping(self) -> None:
+        self.send("STOPPING=1", "STATUS=stopping")
+
+    def start_watchdog(self) -> float | None:
+        """Ping the watchdog from the event loop, so a stuck loop gets us restarted."""
+        interval = watchdog_interval()
+        if not self.enabled or interval is None:
+            return None
+        loop = asyncio.get_running_loop()
+
+        def ping() -> None:
+            self.send("WATCHDOG=1")
+            self._watchdog = loop.call_later(interval, ping)
+
+        ping()
+        return interval
+
+    def stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+
+def watchdog_interval() -> float | None:
+    """Half of WATCHDOG_USEC in seconds, when the watchdog is meant for this process."""
+    try:
+        usec = int(os.environ.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    pid = os.environ.get("WATCHDOG_PID")
+    if pid and pid != str(os.getpid()):
+        return None
+    return usec / 2 / 1_000_000 if usec > 0 else None
