@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import logging
 from collections.abc import Callable
 
@@ -123,6 +124,9 @@ class BridgeManager:
 
     def handle_event(self, event: LinkEvent) -> None:
         link = event.link
+        log.debug("link event: %s %s index %d master %s up %s family %d",
+                  "del" if event.removed else "new", link.name, link.index, link.master,
+                  link.up, link.family)
         if link.family == AF_BRIDGE:
             # The bridge's per-port notifications: port state, not a new link.
             return
@@ -162,6 +166,7 @@ class BridgeManager:
                              extra={"INTERFACE": link.name, "BRIDGED_EVENT": "uplink-appeared"})
                 self._pending_uplinks.add(link.index)
                 self._wakeup.set()
+            self._update_state()
         elif previous is not None and self._is_uplink(previous):
             log.info("%s was renamed to %s and no longer matches the uplinks", previous.name,
                      link.name, extra={"INTERFACE": link.name, "BRIDGED_EVENT": "uplink-renamed"})
@@ -200,7 +205,13 @@ class BridgeManager:
                 return
             self._pending_uplinks.update(link.index for link in self.uplinks())
         while self._pending_uplinks:
-            await self._adopt_uplink(self._pending_uplinks.pop())
+            index = self._pending_uplinks.pop()
+            try:
+                await self._adopt_uplink(index)
+            except KernelError as e:
+                # Typically the link vanished mid-way (hotplug); its events say what next.
+                log.warning("adopting uplink %d failed: %s", index, e,
+                            extra={"BRIDGED_EVENT": "uplink-failed"})
 
     async def _ensure_bridge(self) -> None:
         cfg = self.config
@@ -230,7 +241,6 @@ class BridgeManager:
         if refreshed is None:
             raise BridgeUnavailable(f"{cfg.name} disappeared while being configured")
         self.bridge = refreshed
-        self._links[refreshed.index] = refreshed
         await self.ip.apply_to_bridge(refreshed)
         if created:
             for listener in self.on_bridge_created:
@@ -238,12 +248,15 @@ class BridgeManager:
         self._notify()
 
     async def _adopt_uplink(self, index: int) -> None:
-        """Enslave one uplink, moving its IP configuration in the safe order."""
+        """Enslave one uplink, moving its IP configuration in the safe order.
+
+        ``self._links`` is written only from events and dumps: a link can vanish at
+        any await below, and a stale write here would resurrect it.
+        """
         bridge = self.bridge
         link = await self._netlink.link(index=index)
         if bridge is None or link is None or not self._is_uplink(link):
             return
-        self._links[index] = link
         if not self._needs_enslaving(link):
             return
         added = await self.ip.before_enslave(bridge, link)
@@ -255,20 +268,19 @@ class BridgeManager:
             await self._netlink.set_link(index, **changes)
         except KernelError as e:
             await self.ip.undo_before_enslave(bridge, added)
+            if e.errno == errno.ENODEV:
+                return  # unplugged while we worked: not a failure to remember
             self._failed_uplinks[index] = link.master
             log.error("cannot enslave %s to %s: %s", link.name, bridge.name, e,
                       extra={"INTERFACE": link.name, "BRIDGED_EVENT": "uplink-failed"})
             self._uplink_changed(link.name, "failed")
             return
         self._failed_uplinks.pop(index, None)
-        await self.ip.after_enslave(bridge, link)
-        enslaved = await self._netlink.link(index=index)
-        if enslaved is not None:
-            self._links[index] = enslaved
         log.info("uplink %s enslaved to %s", link.name, bridge.name,
                  extra={"INTERFACE": link.name, "BRIDGED_EVENT": "uplink-enslaved",
                         "BRIDGED_BRIDGE": bridge.name})
         self._uplink_changed(link.name, "enslaved")
+        await self.ip.after_enslave(bridge, link)
 
     async def _set_bridge_mac_from(self, bridge: Link, uplink: Link) -> None:
         if self.config.mac != MAC_FROM_UPLINK:

@@ -87,9 +87,13 @@ class IPManager:
                 if route not in self._migrated.routes:
                     self._migrated.routes.append(route)
         present = {a.interface for a in await self._netlink.addresses(bridge.index)}
+        # An address the uplink already holds passed duplicate detection on this very
+        # LAN; detecting again would leave it "tentative" (unusable) for a second or two.
+        on_uplink = {a.interface for a in await self._netlink.addresses(uplink.index)}
         for address in self.desired_addresses():
             if address not in present:
-                await self._netlink.add_address(bridge.index, address)
+                await self._netlink.add_address(bridge.index, address,
+                                                nodad=address in on_uplink)
                 added.append(address)
                 log.info("address %s added to %s", address, bridge.name,
                          extra={"INTERFACE": bridge.name, "BRIDGED_EVENT": "address-added",

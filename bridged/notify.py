@@ -1,24 +1,43 @@
-"""sd_notify: readiness, status, watchdog, reload and stop notifications."""
+"""sd_notify: readiness, status, watchdog, reload and stop notifications.
+
+Our own few lines instead of ``systemd.daemon.notify``: that one sends with a blocking
+``sendmsg``, and a datagram socket whose reader falls behind (ten queued messages by
+default) would then stall the whole event loop. We send with MSG_DONTWAIT and drop a
+message the manager is too busy to take; the next STATUS or WATCHDOG replaces it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import socket
 
-from systemd import daemon as sd_daemon
+log = logging.getLogger(__name__)
 
 
 class Notifier:
     """Talks to the service manager when ``NOTIFY_SOCKET`` is set; a no-op otherwise."""
 
     def __init__(self) -> None:
-        self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
+        address = os.environ.get("NOTIFY_SOCKET", "")
+        if address.startswith("@"):
+            address = "\0" + address[1:]  # abstract namespace
+        self._address = address
+        self.enabled = bool(address)
+        self._sock: socket.socket | None = None
         self._last_status = ""
         self._watchdog: asyncio.TimerHandle | None = None
 
     def send(self, *lines: str) -> None:
-        if self.enabled:
-            sd_daemon.notify("\n".join(lines))
+        if not self.enabled:
+            return
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            self._sock.sendto("\n".join(lines).encode(), socket.MSG_DONTWAIT, self._address)
+        except OSError as e:
+            log.debug("sd_notify %r not delivered: %s", lines, e)
 
     def ready(self, status: str) -> None:
         self._last_status = status

@@ -30,6 +30,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 T = TypeVar("T")
 
 IFF_UP = 0x1
+IFA_F_NODAD = 0x2
 AF_BRIDGE = 7
 RT_TABLE_MAIN = 254
 RTPROT_KERNEL = 2
@@ -190,9 +191,10 @@ class Netlink:
         return await self.run(_addresses, index)
 
     async def add_address(
-        self, index: int, interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+        self, index: int, interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+        nodad: bool = False,
     ) -> None:
-        await self.run(_add_address, index, interface)
+        await self.run(_add_address, index, interface, nodad)
 
     async def delete_address(
         self, index: int, interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -242,10 +244,12 @@ def _create_bridge(ipr: Any, name: str, stp: bool, forward_delay: int) -> Link:
 
 
 def _set_bridge_options(ipr: Any, index: int, stp: bool, forward_delay: int) -> None:
-    ipr.link(
-        "set", index=index, kind="bridge",
-        br_stp_state=int(stp), br_forward_delay=forward_delay * USER_HZ,
-    )
+    # The kernel checks the forward delay against the STP state in force, so the
+    # order matters: switch STP off before a short delay, set a long one before STP on.
+    stp_change = {"br_stp_state": int(stp)}
+    delay_change = {"br_forward_delay": forward_delay * USER_HZ}
+    for change in ((stp_change, delay_change) if not stp else (delay_change, stp_change)):
+        ipr.link("set", index=index, kind="bridge", **change)
 
 
 def _set_link(ipr: Any, index: int, changes: dict[str, Any]) -> None:
@@ -265,11 +269,13 @@ def _addresses(ipr: Any, index: int) -> list[Address]:
 
 
 def _add_address(
-    ipr: Any, index: int, interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+    ipr: Any, index: int, interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+    nodad: bool,
 ) -> None:
+    extra = {"flags": IFA_F_NODAD} if nodad and interface.version == 6 else {}
     try:
         ipr.addr("add", index=index, address=str(interface.ip),
-                 prefixlen=interface.network.prefixlen)
+                 prefixlen=interface.network.prefixlen, **extra)
     except NetlinkError as e:
         if e.code != 17:  # EEXIST: already there, which is what we want
             raise

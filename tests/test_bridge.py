@@ -1,0 +1,263 @@
+"""The daemon against the real kernel: bridge, uplink, IP move, hotplug, reload."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+import pytest
+
+from tests.lab import HOST_V4, HOST_V6, LAN_V4, LAN_V6, Daemon, Lab, wait_for
+
+pytestmark = pytest.mark.root
+
+SEED = f"""
+[bridge]
+name = "br0"
+uplinks = ["eth0"]
+stp = false
+forward_delay = 0
+mac = "uplink"
+
+[ip]
+mode = "static"
+addresses = ["{HOST_V4}/24", "{HOST_V6}/64"]
+gateway = "{LAN_V4}"
+"""
+
+DaemonFactory = Callable[..., Daemon]
+
+
+def enslaved(lab: Lab, name: str = "eth0", bridge: str = "br0") -> bool:
+    link = lab.host.link(name)
+    return bool(link and link.get("master") == bridge and "UP" in link["flags"])
+
+
+def test_seed_scenario_static_ip_moves_from_eth0_to_br0(lab: Lab, daemon_factory: DaemonFactory):
+    lab.classic_host_config()
+    eth0_mac = lab.host.link("eth0")["address"]
+    daemon = daemon_factory(SEED).start()
+
+    br0 = lab.host.link("br0")
+    assert br0["linkinfo"]["info_kind"] == "bridge"
+    assert br0["address"] == eth0_mac, "br0 must carry eth0's MAC so ARP caches survive"
+    assert br0["linkinfo"]["info_data"]["stp_state"] == 0
+    assert br0["linkinfo"]["info_data"]["forward_delay"] == 0
+    assert enslaved(lab)
+    assert lab.host.addresses("br0") == {f"{HOST_V4}/24", f"{HOST_V6}/64"}
+    assert lab.host.addresses("eth0") == set(), "an enslaved port keeps no address"
+    default = [r for r in lab.host.routes() if r["dst"] == "default"]
+    assert [(r["gateway"], r["dev"]) for r in default] == [(LAN_V4, "br0")]
+    # The LAN reaches the host through the bridge, and the host reaches its gateway.
+    assert lab.lan.ping(HOST_V4)
+    assert lab.lan.ping(HOST_V6)
+    assert lab.host.ping(LAN_V4)
+    assert lab.host.ping(LAN_V6)
+    assert "STATUS=br0 up, uplink eth0" in daemon.notify.wait("READY=1")
+
+
+def test_migrate_moves_addresses_and_routes(lab: Lab, daemon_factory: DaemonFactory):
+    lab.classic_host_config()
+    lab.host.ip("route", "add", "2001:db8:1::/64", "via", LAN_V6, "dev", "eth0")
+    config = """
+[bridge]
+name = "br0"
+uplinks = ["eth0"]
+[ip]
+mode = "migrate"
+"""
+    daemon_factory(config).start()
+    assert enslaved(lab)
+    assert lab.host.addresses("br0") == {f"{HOST_V4}/24", f"{HOST_V6}/64"}
+    assert lab.host.addresses("eth0") == set()
+    v4 = {r["dst"]: r for r in lab.host.routes()}
+    assert v4["default"]["dev"] == "br0" and v4["default"]["gateway"] == LAN_V4
+    v6 = {r["dst"]: r for r in lab.host.routes("-6")}
+    assert v6["2001:db8:1::/64"]["dev"] == "br0"
+    assert lab.lan.ping(HOST_V4) and lab.host.ping(LAN_V4) and lab.lan.ping(HOST_V6)
+
+
+def test_mode_none_leaves_ip_alone(lab: Lab, daemon_factory: DaemonFactory):
+    lab.classic_host_config()
+    daemon_factory('[bridge]\nuplinks = ["eth0"]\n[ip]\nmode = "none"\n').start()
+    assert enslaved(lab)
+    assert lab.host.addresses("br0") == set()
+    assert f"{HOST_V4}/24" in lab.host.addresses("eth0")
+
+
+def test_hotplug_uplink_is_reenslaved_every_time(lab: Lab, daemon_factory: DaemonFactory):
+    daemon = daemon_factory(SEED, extra_args=("--log-level", "debug")).start()
+    for i in range(15):
+        mark = daemon.notify.mark()
+        lab.unplug_uplink()
+        daemon.notify.wait("no uplink present", since=mark)
+        lab.plug_uplink()
+        wait_for(lambda: enslaved(lab), what=f"eth0 re-enslaved (round {i})")
+    assert lab.host.ping(LAN_V4)
+    assert daemon.log().count("uplink eth0 enslaved") == 16
+    wait_for(lambda: daemon.notify.lines()[-1].startswith("STATUS=br0 up, uplink eth0"),
+             what="status back to ready")
+
+
+def test_hotplugged_uplink_gives_bridge_its_mac(lab: Lab, daemon_factory: DaemonFactory):
+    daemon_factory(SEED).start()
+    lab.unplug_uplink()
+    lab.plug_uplink()
+    wait_for(lambda: enslaved(lab), what="eth0 re-enslaved")
+    wait_for(lambda: lab.host.link("br0")["address"] == lab.host.link("eth0")["address"],
+             what="br0 takes the new eth0's MAC")
+
+
+def test_uplink_renamed_into_a_match_is_enslaved(lab: Lab, daemon_factory: DaemonFactory):
+    config = SEED.replace('uplinks = ["eth0"]', 'uplinks = ["eth0", "en*"]')
+    daemon_factory(config).start()
+    lab.host.ip("link", "add", "tmp0", "type", "veth", "peer", "name", "lanx",
+                "netns", lab.lan.name)
+    lab.lan.ip("link", "set", "lanx", "master", "lanbr", "up")
+    assert lab.host.link("tmp0").get("master") is None
+    lab.host.ip("link", "set", "tmp0", "name", "enp1s0")
+    lab.host.ip("link", "set", "enp1s0", "up")
+    wait_for(lambda: enslaved(lab, "enp1s0"), what="renamed link enslaved")
+
+
+def test_uplink_by_mac(lab: Lab, daemon_factory: DaemonFactory):
+    mac = lab.host.link("eth0")["address"]
+    config = SEED.replace('uplinks = ["eth0"]', f'uplinks = ["mac:{mac}"]')
+    daemon_factory(config).start()
+    assert enslaved(lab)
+
+
+def test_uplink_removed_from_bridge_by_someone_else(lab: Lab, daemon_factory: DaemonFactory):
+    daemon = daemon_factory(SEED).start()
+    lab.host.ip("link", "set", "eth0", "nomaster")
+    wait_for(lambda: enslaved(lab), what="eth0 re-enslaved after nomaster")
+    lab.host.ip("link", "set", "eth0", "down")
+    wait_for(lambda: enslaved(lab), what="eth0 set up again")
+    assert daemon.log().count("uplink eth0 enslaved") == 3
+
+
+def test_bridge_deleted_under_the_daemon_is_recreated(lab: Lab, daemon_factory: DaemonFactory):
+    daemon = daemon_factory(SEED).start()
+    lab.host.ip("link", "del", "br0")
+    wait_for(lambda: enslaved(lab), what="br0 recreated and eth0 enslaved")
+    wait_for(lambda: lab.host.addresses("br0") == {f"{HOST_V4}/24", f"{HOST_V6}/64"},
+             what="addresses back on br0")
+    wait_for(lambda: any(r["dst"] == "default" and r["dev"] == "br0"
+                         for r in lab.host.routes()), what="default route back")
+    assert lab.host.ping(LAN_V4)
+    assert "bridge br0 was deleted" in daemon.log()
+
+
+def test_bridge_port_notifications_are_not_new_links(lab: Lab, daemon_factory: DaemonFactory):
+    daemon = daemon_factory(SEED).start()
+    # Port state changes make the bridge send AF_BRIDGE RTM_NEWLINKs for eth0.
+    for _ in range(5):
+        lab.host.ip("link", "set", "br0", "type", "bridge", "forward_delay", "0")
+        lab.lan.ip("link", "set", "lan1", "down")
+        lab.lan.ip("link", "set", "lan1", "up")
+    assert lab.host.ping(LAN_V4)
+    assert daemon.log().count("uplink eth0 enslaved") == 1
+    assert "appeared" not in daemon.log()
+
+
+def test_existing_bridge_is_adopted(lab: Lab, daemon_factory: DaemonFactory):
+    lab.host.ip("link", "add", "br0", "type", "bridge", "stp_state", "1")
+    index = lab.host.link("br0")["ifindex"]
+    daemon = daemon_factory(SEED).start()
+    br0 = lab.host.link("br0")
+    assert br0["ifindex"] == index
+    assert br0["linkinfo"]["info_data"]["stp_state"] == 0
+    assert "bridge br0 adopted" in daemon.log()
+
+
+def test_bridge_name_taken_by_another_device(lab: Lab, daemon_factory: DaemonFactory):
+    lab.host.ip("link", "add", "br0", "type", "veth", "peer", "name", "br0p")
+    daemon = daemon_factory(SEED).start(wait_ready=False)
+    assert daemon.proc is not None
+    assert daemon.proc.wait(15) == 69
+    assert "br0 exists and is a veth device, not a bridge" in daemon.log()
+    assert lab.host.link("eth0").get("master") is None
+
+
+def test_stop_leaves_bridge_uplink_and_ip(lab: Lab, daemon_factory: DaemonFactory):
+    daemon = daemon_factory(SEED).start()
+    assert daemon.stop() == 0
+    daemon.notify.wait("STOPPING=1")
+    assert enslaved(lab)
+    assert lab.host.addresses("br0") == {f"{HOST_V4}/24", f"{HOST_V6}/64"}
+    assert lab.host.ping(LAN_V4)
+
+
+def test_teardown_on_stop_gives_ip_back_to_uplink(lab: Lab, daemon_factory: DaemonFactory):
+    lab.classic_host_config()
+    daemon = daemon_factory(SEED.replace('mac = "uplink"',
+                                         'mac = "uplink"\nteardown_on_stop = true')).start()
+    assert daemon.stop() == 0
+    assert lab.host.link("br0") is None
+    assert lab.host.addresses("eth0") == {f"{HOST_V4}/24", f"{HOST_V6}/64"}
+    assert any(r["dst"] == "default" and r["dev"] == "eth0" for r in lab.host.routes())
+    assert lab.host.ping(LAN_V4)
+
+
+def test_restart_after_stop_is_idempotent(lab: Lab, daemon_factory: DaemonFactory):
+    lab.classic_host_config()
+    daemon_factory(SEED).start().stop()
+    daemon = daemon_factory(SEED).start()
+    assert enslaved(lab)
+    assert lab.host.addresses("br0") == {f"{HOST_V4}/24", f"{HOST_V6}/64"}
+    assert "bridge br0 adopted" in daemon.log()
+    assert lab.host.ping(LAN_V4)
+
+
+def test_sighup_reloads_config(lab: Lab, daemon_factory: DaemonFactory):
+    daemon = daemon_factory(SEED).start()
+    daemon.write_config(SEED.replace(f'"{HOST_V6}/64"', '"2001:db8::3/64"')
+                        .replace("stp = false", "stp = true").replace("forward_delay = 0",
+                                                                      "forward_delay = 4"))
+    mark = daemon.notify.mark()
+    daemon.signal(signal.SIGHUP)
+    daemon.notify.wait("RELOADING=1", since=mark)
+    wait_for(lambda: lab.host.addresses("br0") == {f"{HOST_V4}/24", "2001:db8::3/64"},
+             what="new address set, old removed")
+    info = wait_for(lambda: (lambda d: d if d["stp_state"] == 1 else None)(
+        lab.host.link("br0")["linkinfo"]["info_data"]), what="stp on")
+    assert info["forward_delay"] == 400
+    wait_for(lambda: daemon.notify.lines().count("READY=1") == 2, what="READY=1 after reload")
+
+
+def test_sighup_with_bad_file_keeps_running_config(lab: Lab, daemon_factory: DaemonFactory):
+    daemon = daemon_factory(SEED).start()
+    daemon.write_config(SEED + "\nbogus = 1\n")
+    mark = daemon.notify.mark()
+    daemon.signal(signal.SIGHUP)
+    daemon.notify.wait("RELOADING=1", since=mark)
+    wait_for(lambda: "reload failed, keeping the running configuration" in daemon.log(),
+             what="reload failure logged")
+    assert "ip.bogus: unknown key" in daemon.log()
+    assert daemon.proc is not None and daemon.proc.poll() is None
+    assert lab.host.addresses("br0") == {f"{HOST_V4}/24", f"{HOST_V6}/64"}
+
+
+def test_sd_notify_ready_status_watchdog_stopping(lab: Lab, daemon_factory: DaemonFactory):
+    daemon = daemon_factory(SEED, env={"WATCHDOG_USEC": "200000"}).start()
+    daemon.notify.wait("WATCHDOG=1")
+    lines = daemon.notify.lines()
+    assert "READY=1" in lines
+    assert any(line.startswith("STATUS=br0 up, uplink eth0") for line in lines)
+    before = lines.count("WATCHDOG=1")
+    wait_for(lambda: daemon.notify.lines().count("WATCHDOG=1") >= before + 3,
+             what="watchdog pings keep coming", timeout=5)
+    # Every message comes from the daemon itself, not a helper process.
+    assert {pid for pid, _ in daemon.notify.messages} == {daemon.pid}
+    daemon.stop()
+    daemon.notify.wait("STOPPING=1")
+
+
+def test_degraded_while_no_uplink(lab: Lab, daemon_factory: DaemonFactory):
+    lab.unplug_uplink()
+    daemon = daemon_factory(SEED).start()
+    assert "STATUS=br0 up, no uplink present" in daemon.notify.wait("READY=1")
+    assert "state degraded" in daemon.log()
+    lab.plug_uplink()
+    daemon.notify.wait("STATUS=br0 up, uplink eth0")
+    assert "state ready" in daemon.log()
