@@ -241,7 +241,7 @@ class BridgeManager:
         if refreshed is None:
             raise BridgeUnavailable(f"{cfg.name} disappeared while being configured")
         self.bridge = refreshed
-        await self.ip.apply_to_bridge(refreshed)
+        await self.ip.apply_to_bridge(refreshed, self.uplinks())
         if created:
             for listener in self.on_bridge_created:
                 listener(refreshed)

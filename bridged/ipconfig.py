@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bridged.config import IPConfig
@@ -64,12 +65,17 @@ class IPManager:
             return static_routes(self.config)
         return list(self._migrated.routes)
 
-    async def apply_to_bridge(self, bridge: Link) -> None:
-        """Put the desired addresses and routes on a (new or adopted) bridge."""
+    async def apply_to_bridge(self, bridge: Link, uplinks: Sequence[Link] = ()) -> None:
+        """Put the desired addresses and routes on a (new or adopted) bridge.
+
+        ``uplinks`` are about to be enslaved: addresses they hold skip duplicate
+        detection, as in ``before_enslave``.
+        """
         if not self.manages_ip:
             return
+        held = {a.interface for u in uplinks for a in await self._netlink.addresses(u.index)}
         for address in self.desired_addresses():
-            await self._netlink.add_address(bridge.index, address)
+            await self._netlink.add_address(bridge.index, address, nodad=address in held)
         for route in self.desired_routes():
             await self._replace_route(bridge, route)
 

@@ -94,7 +94,7 @@ def test_hotplug_uplink_is_reenslaved_every_time(lab: Lab, daemon_factory: Daemo
         lab.plug_uplink()
         wait_for(lambda: enslaved(lab), what=f"eth0 re-enslaved (round {i})")
     assert lab.host.ping(LAN_V4)
-    assert daemon.log().count("uplink eth0 enslaved") == 16
+    wait_for(lambda: daemon.log().count("uplink eth0 enslaved") == 16, what="16 enslave logs")
     wait_for(lambda: daemon.notify.lines()[-1].startswith("STATUS=br0 up, uplink eth0"),
              what="status back to ready")
 
@@ -133,7 +133,7 @@ def test_uplink_removed_from_bridge_by_someone_else(lab: Lab, daemon_factory: Da
     wait_for(lambda: enslaved(lab), what="eth0 re-enslaved after nomaster")
     lab.host.ip("link", "set", "eth0", "down")
     wait_for(lambda: enslaved(lab), what="eth0 set up again")
-    assert daemon.log().count("uplink eth0 enslaved") == 3
+    wait_for(lambda: daemon.log().count("uplink eth0 enslaved") == 3, what="three enslave logs")
 
 
 def test_bridge_deleted_under_the_daemon_is_recreated(lab: Lab, daemon_factory: DaemonFactory):
