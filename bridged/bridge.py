@@ -9,6 +9,7 @@ reconciler sleeps until an event wakes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import errno
 import logging
@@ -102,10 +103,8 @@ class BridgeManager:
         self._notify()
         if self._worker is not None:
             self._worker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-            except asyncio.CancelledError:
-                pass
         if self.config.teardown_on_stop:
             await self._teardown()
 
@@ -330,9 +329,7 @@ class BridgeManager:
     def _update_state(self) -> None:
         if self.state == State.STOPPING:
             return
-        if self.bridge is None:
-            new = State.DEGRADED
-        elif self.config.uplinks and not self.enslaved_uplinks():
+        if self.bridge is None or (self.config.uplinks and not self.enslaved_uplinks()):
             new = State.DEGRADED
         else:
             new = State.READY

@@ -295,7 +295,8 @@ def parse(raw: dict[str, Any], path: str = DEFAULT_PATH) -> Config:
             known = ", ".join(f"[{s}]" for s in _SCHEMA)
             raise ConfigError(path, section, f"unknown section (known: {known})")
         if not isinstance(body, dict):
-            raise ConfigError(path, section, f"expected a table [{section}], got {_type_name(body)}")
+            raise ConfigError(path, section,
+                              f"expected a table [{section}], got {_type_name(body)}")
         values: dict[str, Any] = {}
         for key, value in body.items():
             spec = _SCHEMA[section].get(key)

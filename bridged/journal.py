@@ -27,7 +27,7 @@ class JournalHandler(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__()
-        from systemd import journal
+        from systemd import journal  # type: ignore[attr-defined]
 
         self._send = journal.send
 
@@ -39,7 +39,7 @@ class JournalHandler(logging.Handler):
                 PRIORITY=str(_PRIORITY.get(record.levelno, 6)),
                 SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER,
                 CODE_FILE=record.pathname,
-                CODE_LINE=str(record.lineno),
+                CODE_LINE=record.lineno,
                 CODE_FUNC=record.funcName,
                 LOGGER=record.name,
                 **_fields(record),

@@ -261,3 +261,13 @@ def test_degraded_while_no_uplink(lab: Lab, daemon_factory: DaemonFactory):
     lab.plug_uplink()
     daemon.notify.wait("STATUS=br0 up, uplink eth0")
     assert "state ready" in daemon.log()
+
+
+def test_bad_config_stops_before_touching_anything(lab: Lab, daemon_factory: DaemonFactory):
+    lab.classic_host_config()
+    daemon = daemon_factory(SEED.replace("stp = false", 'stp = "off"')).start(wait_ready=False)
+    assert daemon.proc is not None
+    assert daemon.proc.wait(15) == 78
+    assert "bridge.stp: expected true or false" in daemon.log()
+    assert lab.host.link("br0") is None
+    assert lab.host.addresses("eth0") == {f"{HOST_V4}/24", f"{HOST_V6}/64"}

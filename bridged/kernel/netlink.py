@@ -14,7 +14,6 @@ delete on one never delays a create on another.
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import os
 import socket
