@@ -73,6 +73,9 @@ class BridgeManager:
         index = self.index
         return [link for link in self.uplinks() if index and link.master == index]
 
+    def all_links(self) -> list[Link]:
+        return list(self._links.values())
+
     def link(self, index: int) -> Link | None:
         return self._links.get(index)
 

@@ -13,15 +13,22 @@ import os
 import signal
 import sys
 
+from dbus_fast.aio import MessageBus
+from dbus_fast.errors import DBusError
+
 from bridged import __version__, journal
+from bridged.auth import Authorizer
 from bridged.bridge import BridgeManager, State
+from bridged.bus.interfaces import BUS_NAME
+from bridged.bus.service import BusService, NameTaken, bus_address_from_env
 from bridged.config import DEFAULT_PATH, Config, load
 from bridged.errors import BridgeUnavailable, ConfigError
 from bridged.ipconfig import IPManager
-from bridged.kernel.events import LinkMonitor
+from bridged.kernel.events import LinkEvent, LinkMonitor
 from bridged.kernel.netlink import KernelError, Netlink
 from bridged.notify import Notifier
 from bridged.resolved import set_link_dns
+from bridged.taps import TapRegistry
 
 log = logging.getLogger("bridged.daemon")
 
@@ -37,15 +44,31 @@ class Daemon:
         self.args = args
         self.notifier = Notifier()
         self.netlink = Netlink("netlink")
+        self.reaper = Netlink("reaper")
         self.ip = IPManager(config.ip, self.netlink)
         self.bridge = BridgeManager(config.bridge, self.ip, self.netlink)
-        self.monitor = LinkMonitor(self.bridge.handle_event, self.bridge.handle_overrun)
+        self.authorizer = Authorizer(config.taps, config.auth, self._polkit_allows)
+        self.taps = TapRegistry(config.taps, self.bridge, self.authorizer, self.netlink,
+                                self.reaper)
+        self.monitor = LinkMonitor(self._link_event, self.bridge.handle_overrun)
+        self.service: BusService | None = None
         self._stop = asyncio.Event()
         self._reloading: asyncio.Task[None] | None = None
-        self.bus = None
+
+    @property
+    def bus(self) -> MessageBus | None:
+        return self.service.bus if self.service else None
+
+    def _link_event(self, event: LinkEvent) -> None:
+        self.bridge.handle_event(event)
+        self.taps.handle_event(event)
+
+    async def _polkit_allows(self, sender: str, action: str) -> bool:
+        return self.service is not None and await self.service.polkit_allows(sender, action)
 
     def status_line(self) -> str:
-        return self.bridge.status_line()
+        count = len(self.taps.taps)
+        return f"{self.bridge.status_line()}, {count} tap{'' if count == 1 else 's'}"
 
     def _status_changed(self) -> None:
         if self.bridge.state != State.STARTING:
@@ -64,8 +87,20 @@ class Daemon:
             log.error("cannot set up bridge %s: %s", self.config.bridge.name, e,
                       extra={"BRIDGED_EVENT": "start-failed"})
             return EX_UNAVAILABLE
+        await self.taps.adopt_existing()
+        if not self.args.no_bus:
+            self.service = BusService(bus_address_from_env(self.args.bus_address),
+                                      self.bridge, self.taps)
+            try:
+                await self.service.start()
+            except (OSError, NameTaken, DBusError) as e:
+                log.error("cannot serve %s on the system bus: %s", BUS_NAME, e,
+                          extra={"BRIDGED_EVENT": "start-failed"})
+                return EX_UNAVAILABLE
         await self._apply_dns()
         self.bridge.on_change.append(self._status_changed)
+        self.taps.on_added.append(lambda _tap: self._status_changed())
+        self.taps.on_removed.append(lambda _tap: self._status_changed())
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
@@ -81,8 +116,11 @@ class Daemon:
         if self._reloading is not None:
             await self._reloading
         await self.bridge.stop()
+        if self.service is not None:
+            self.service.stop()
         self.monitor.stop()
         self.netlink.close()
+        self.reaper.close()
         return EX_OK
 
     def _request_reload(self) -> None:
@@ -99,6 +137,8 @@ class Daemon:
             self.notifier.ready(self.status_line())
             return
         self.config = new
+        self.taps.config = new.taps
+        self.authorizer.taps, self.authorizer.auth = new.taps, new.auth
         await self.ip.reload(new.ip, self.bridge.bridge)
         await self.bridge.reload(new.bridge)
         await self._apply_dns()
@@ -124,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"configuration file (default: {DEFAULT_PATH})")
     parser.add_argument("--check-config", action="store_true",
                         help="validate the configuration file and exit")
+    parser.add_argument("--bus-address", metavar="ADDRESS",
+                        help="D-Bus address of the system bus (default: "
+                             "$DBUS_SYSTEM_BUS_ADDRESS, else the system bus)")
+    parser.add_argument("--no-bus", action="store_true",
+                        help="manage the bridge only; serve no D-Bus API (no taps)")
     parser.add_argument("--log-target", choices=("auto", "journal", "console"), default="auto",
                         help="where logs go; auto picks the journal when systemd connected "
                              "stderr to it (default: auto)")

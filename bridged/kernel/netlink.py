@@ -14,6 +14,7 @@ delete on one never delays a create on another.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import ipaddress
 import os
 import socket
@@ -25,6 +26,8 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+from bridged.kernel import tun
 
 T = TypeVar("T")
 
@@ -151,7 +154,9 @@ class Netlink:
         try:
             return fn(self._ipr(), *args)
         except NetlinkError as e:
-            raise KernelError(e.code, f"{fn.__name__}{args!r}") from None
+            raise KernelError(e.code, f"{fn.__name__.lstrip('_')}{args!r}") from None
+        except OSError as e:  # tun ioctls, if_nametoindex
+            raise KernelError(e.errno or 0, f"{fn.__name__.lstrip('_')}{args!r}") from None
 
     def close(self) -> None:
         def close_socket() -> None:
@@ -184,6 +189,17 @@ class Netlink:
     async def delete_link(self, index: int) -> None:
         await self.run(_delete_link, index)
 
+    async def create_tap(self, spec: TapSpec) -> tuple[Link, list[int]]:
+        """Create, configure and attach a tap in one trip to the lane's thread.
+
+        Returns the link and its open queue fds (already closed for a persistent tap,
+        so the list is empty). On any failure the half-made tap is removed.
+        """
+        return await self.run(_create_tap, spec)
+
+    async def bridge_vlan_filtering(self, index: int) -> bool:
+        return await self.run(_bridge_vlan_filtering, index)
+
     # --- addresses and routes ------------------------------------------------------
 
     async def addresses(self, index: int) -> list[Address]:
@@ -211,6 +227,61 @@ class Netlink:
 
 
 # The functions below run on a lane's thread with that thread's IPRoute.
+
+
+@dataclass(frozen=True)
+class TapSpec:
+    name: str
+    master: int
+    mac: str
+    alias: str
+    queues: int = 1
+    vnet_hdr: bool = True
+    persistent_owner: int | None = None  # uid for TUNSETOWNER; None: lives with its fds
+    mtu: int | None = None
+    vlan: int | None = None
+    isolated: bool = False
+
+
+def _create_tap(ipr: Any, spec: TapSpec) -> tuple[Link, list[int]]:
+    fds = tun.open_tap(spec.name, spec.queues, spec.vnet_hdr)
+    try:
+        if spec.persistent_owner is not None:
+            tun.make_persistent(fds[0], spec.persistent_owner)
+        index = socket.if_nametoindex(spec.name)
+        changes: dict[str, Any] = {"address": spec.mac, "ifalias": spec.alias,
+                                   "master": spec.master, "state": "up"}
+        if spec.mtu is not None:
+            changes["mtu"] = spec.mtu
+        try:
+            ipr.link("set", index=index, **changes)
+            if spec.isolated:
+                ipr.brport("set", index=index, isolated=1)
+            if spec.vlan is not None:
+                ipr.vlan_filter("add", index=index,
+                                vlan_info={"vid": spec.vlan, "flags": ["pvid", "untagged"]})
+                if spec.vlan != 1:
+                    ipr.vlan_filter("del", index=index, vlan_info={"vid": 1})
+            link = _get_link(ipr, None, index)
+            if link is None:
+                raise NetlinkError(19, "tap vanished while being configured")
+        except BaseException:
+            if spec.persistent_owner is not None:
+                fcntl.ioctl(fds[0], tun.TUNSETPERSIST, 0)
+            raise
+    except BaseException:
+        tun.close_all(fds)
+        raise
+    if spec.persistent_owner is not None:
+        tun.close_all(fds)
+        fds = []
+    return link, fds
+
+
+def _bridge_vlan_filtering(ipr: Any, index: int) -> bool:
+    info = ipr.get_links(index)[0].get_attr("IFLA_LINKINFO")
+    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+    return bool(data is not None and data.get_attr("IFLA_BR_VLAN_FILTERING"))
 
 
 def _get_link(ipr: Any, name: str | None, index: int | None) -> Link | None:
