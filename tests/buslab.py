@@ -43,6 +43,10 @@ SYSTEM_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Confi
     <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"
           send_member="UpdateActivationEnvironment"/>
   </policy>
+  <policy user="root">
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Monitoring"/>
+  </policy>
   <includedir>{policy_dir}</includedir>
 </busconfig>
 """
@@ -111,7 +115,9 @@ class PrivateBus:
         cmd = ["runuser", "-u", user, "--", sys.executable,
                os.path.join(self.clients, "tapclient.py"), self.address, *args]
         if background:
-            return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+            # A session of its own, so kill_client() reaches the client behind runuser.
+            return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
+                                    start_new_session=True)
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout.splitlines()[0])
@@ -120,3 +126,13 @@ class PrivateBus:
         self.proc.terminate()
         self.proc.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def kill_client(proc: subprocess.Popen[str]) -> None:
+    """Kill a background client and everything it started (runuser forks)."""
+    import signal
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
