@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -76,7 +77,7 @@ class PrivateBus:
         Path(conf).write_text(SYSTEM_CONF.format(socket=self.socket, policy_dir=policy_dir))
         self.proc = subprocess.Popen(
             ["dbus-daemon", f"--config-file={conf}", "--nofork", "--nopidfile"],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "log"), "wb"))
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not os.path.exists(self.socket):
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -131,8 +132,6 @@ class PrivateBus:
 def kill_client(proc: subprocess.Popen[str]) -> None:
     """Kill a background client and everything it started (runuser forks)."""
     import signal
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()

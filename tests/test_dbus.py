@@ -102,7 +102,7 @@ def test_open_tap_object_properties_and_multiqueue(lab: Lab, bus: PrivateBus, da
 def test_multiqueue_open_tap_returns_one_fd_per_queue(lab: Lab, bus: PrivateBus,
                                                       daemon: Daemon):
     # busctl here: Debian 12's dbus-fast (1.84) receives only one fd per message.
-    path, name, fds = call_json(bus.manager("OpenTap", "a{sv}", "1", "queues", "u", "4",
+    _path, name, fds = call_json(bus.manager("OpenTap", "a{sv}", "1", "queues", "u", "4",
                                             user=MEMBER))
     assert name == "tap0" and len(fds) == 4
     wait_for(lambda: tap_names(lab) == set(), what="tap gone with busctl's fds")
@@ -221,7 +221,7 @@ def test_restart_after_sigkill_adopts_live_taps_and_frees_dead_ones(
         kill_client(dies)
         time.sleep(0.2)
         assert {"tap0", "tap1", "tap2", "tap3"} <= tap_names(lab), "nothing freed while down"
-        second = daemon_factory(SEED, extra_args=("--bus-address", bus.address)).start()
+        daemon_factory(SEED, extra_args=("--bus-address", bus.address)).start()
         assert tap_names(lab) == {"tap0", "tap1", "tap3"}
         assert sorted(call_json(bus.manager("ListTaps"))[0]) == [
             f"{ROOT}/tap/tap0", f"{ROOT}/tap/tap1", f"{ROOT}/tap/tap3"]
