@@ -184,7 +184,9 @@ class Daemon:
         self.write_config(config)
         self.notify = NotifySocket(self.dir)
         self.log_path = os.path.join(self.dir, "stderr.log")
-        self.extra_args = extra_args
+        # Bridge-only tests run without a bus; the D-Bus tests pass --bus-address.
+        self.extra_args = extra_args if "--bus-address" in extra_args else \
+            ("--no-bus", *extra_args)
         self.env = env or {}
         self.wrap = wrap
         self.proc: subprocess.Popen[bytes] | None = None
