@@ -83,9 +83,12 @@ class PrivateBus:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError("private dbus-daemon did not start")
             time.sleep(0.01)
-        # Copies of the clients where unprivileged users can read them.
+        # Copies of the clients and of bridged where unprivileged users can read them.
         self.clients = os.path.join(self.dir, "clients")
         shutil.copytree(REPO / "tests" / "clients", self.clients)
+        self.pythonpath = os.path.join(self.dir, "lib")
+        shutil.copytree(REPO / "bridged", os.path.join(self.pythonpath, "bridged"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
         for root, dirs, files in os.walk(self.dir):
             for name in dirs:
                 os.chmod(os.path.join(root, name), 0o755)
@@ -110,6 +113,18 @@ class PrivateBus:
         out = self.busctl("--json=short", "get-property", "org.bridged.Bridged1", path,
                           interface, name, check=True).stdout
         return json.loads(out)["data"]
+
+    def user_command(self, user: str | None, *cmd: str) -> list[str]:
+        """``cmd`` as ``user`` (or root), with this bus as the system bus and our code
+        importable."""
+        env = ["env", f"DBUS_SYSTEM_BUS_ADDRESS={self.address}", f"PYTHONPATH={self.pythonpath}"]
+        prefix = ["runuser", "-u", user, "--"] if user is not None else []
+        return [*prefix, *env, *cmd]
+
+    def bridgectl(self, *args: str, user: str | None = None,
+                  timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        cmd = self.user_command(user, sys.executable, "-m", "bridged.cli", *args)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
     def client(self, user: str, *args: str, background: bool = False):  # type: ignore[no-untyped-def]
         """Run tests/clients/tapclient.py as ``user`` with this interpreter."""

@@ -5,6 +5,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.buslab import PrivateBus, ensure_users
 from tests.lab import Daemon, Lab
 
 
@@ -38,3 +39,14 @@ def daemon_factory(lab: Lab) -> Iterator[Callable[..., Daemon]]:
     yield make
     for daemon in started:
         daemon.close()
+
+
+@pytest.fixture
+def bus() -> Iterator[PrivateBus]:
+    """A private system bus with our policy, and the test users on the machine."""
+    ensure_users()
+    bus = PrivateBus()
+    try:
+        yield bus
+    finally:
+        bus.close()

@@ -8,31 +8,17 @@ import re
 import signal
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from tests.buslab import MEMBER, OTHER, PrivateBus, ensure_users, kill_client
+from tests.buslab import MEMBER, OTHER, PrivateBus, kill_client
 from tests.lab import HOST_V4, LAN_V4, REPO, Daemon, Lab, wait_for
 from tests.test_bridge import SEED
 
 pytestmark = pytest.mark.root
 MANAGER = "org.bridged.Bridged1.Manager"
 ROOT = "/org/bridged/Bridged1"
-
-
-@pytest.fixture(scope="session", autouse=True)
-def users() -> None:
-    ensure_users()
-
-
-@pytest.fixture
-def bus() -> Iterator[PrivateBus]:
-    bus = PrivateBus()
-    try:
-        yield bus
-    finally:
-        bus.close()
 
 
 @pytest.fixture
