@@ -1,8 +1,11 @@
 """The demo behind scripts/demo: everything in namespaces it makes and removes."""
 
+import sys
+
 from tests.buslab import MEMBER, PrivateBus, ensure_users
 from tests.lab import LAN_V4, Daemon, Lab
 from tests.test_bridge import SEED
+from tests.vmlab import build_guest, qemu_command, run_guest
 
 
 def main() -> None:
@@ -22,6 +25,15 @@ def main() -> None:
                           "demo-vm", user=MEMBER).stdout)
         print(lab.host.ip("-d", "link", "show", "tap0").stdout)
         print(bus.busctl("tree", "org.bridged.Bridged1").stdout)
+        print(f"== bridgectl status, as {MEMBER}:")
+        print(bus.bridgectl("status", user=MEMBER).stdout)
+        print(f"== {MEMBER} boots a real VM on the bridge: bridgectl run -- qemu-system-x86_64 ...")
+        image = build_guest()
+        command = bus.user_command(MEMBER, sys.executable, "-m", "bridged.cli", "run",
+                                   "--label", "demo-vm2", "--", *qemu_command(image))
+        run = run_guest(["ip", "netns", "exec", lab.host.name, *command], lab.lan)
+        print("\n".join(line for line in run.lines if "GUEST:" in line or "bridgectl" in line))
+        print("== the guest pinged the LAN and was pinged back:", run.ok)
         print("== daemon log")
         print(daemon.log())
     finally:
