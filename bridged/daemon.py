@@ -16,7 +16,7 @@ import sys
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
-from bridged import __version__, journal
+from bridged import __version__, journal, udev
 from bridged.auth import Authorizer
 from bridged.bridge import BridgeManager, State
 from bridged.bus.interfaces import BUS_NAME
@@ -78,6 +78,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         # Start listening before the first dump, so no event falls between the two.
         self.monitor.start()
+        if self.args.udev_rules:
+            udev.write(self.args.udev_rules, self.config)
         try:
             await self.bridge.start()
         except BridgeUnavailable as e:
@@ -137,6 +139,8 @@ class Daemon:
             self.notifier.ready(self.status_line())
             return
         self.config = new
+        if self.args.udev_rules:
+            udev.write(self.args.udev_rules, new)
         self.taps.config = new.taps
         self.authorizer.taps, self.authorizer.auth = new.taps, new.auth
         await self.ip.reload(new.ip, self.bridge.bridge)
@@ -169,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "$DBUS_SYSTEM_BUS_ADDRESS, else the system bus)")
     parser.add_argument("--no-bus", action="store_true",
                         help="manage the bridge only; serve no D-Bus API (no taps)")
+    parser.add_argument("--udev-rules", metavar="PATH",
+                        help="write udev rules marking the bridge, uplinks and taps as "
+                             "bridged's for other network managers (bridged.service: "
+                             "/run/udev/rules.d/90-bridged.rules)")
     parser.add_argument("--log-target", choices=("auto", "journal", "console"), default="auto",
                         help="where logs go; auto picks the journal when systemd connected "
                              "stderr to it (default: auto)")

@@ -144,3 +144,19 @@ def test_cli_check_config(tmp_path: Path):
 def test_cli_help_and_version():
     assert "--config" in run_bridged("--help").stdout
     assert run_bridged("--version").stdout.startswith("bridged ")
+
+
+def test_udev_rules_name_bridge_uplinks_and_taps(tmp_path):
+    from bridged import udev
+
+    path = write(tmp_path, '[bridge]\nname = "vmbr"\nuplinks = ["en*", "mac:02:00:00:00:00:01"]\n'
+                           '[taps]\nprefix = "vm"\n')
+    rules = udev.render(load(path)).splitlines()
+    assert 'KERNEL=="vmbr", GOTO="bridged_ours"' in rules
+    assert 'KERNEL=="en*", GOTO="bridged_ours"' in rules
+    assert 'ATTR{address}=="02:00:00:00:00:01", GOTO="bridged_ours"' in rules
+    assert 'KERNEL=="vm*", ATTR{tun_flags}=="?*", GOTO="bridged_ours"' in rules
+    assert 'ENV{ID_NET_MANAGED_BY}="org.bridged.Bridged1", ENV{NM_UNMANAGED}="1"' in rules
+    target = tmp_path / "rules.d" / "90-bridged.rules"
+    udev.write(str(target), load(path))
+    assert target.read_text().splitlines() == rules
