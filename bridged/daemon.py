@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--udev-rules", metavar="PATH",
                         help="write udev rules marking the bridge, uplinks and taps as "
                              "bridged's for other network managers (bridged.service: "
-                             "/run/udev/rules.d/90-bridged.rules)")
+                             "/run/bridged/90-bridged.rules, linked from /run/udev/rules.d)")
     parser.add_argument("--log-target", choices=("auto", "journal", "console"), default="auto",
                         help="where logs go; auto picks the journal when systemd connected "
                              "stderr to it (default: auto)")

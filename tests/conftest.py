@@ -50,3 +50,19 @@ def bus() -> Iterator[PrivateBus]:
         yield bus
     finally:
         bus.close()
+
+
+FIGURES: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def figures() -> Callable[[str], None]:
+    """Record a measured figure to print in the test run's summary."""
+    return FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FIGURES:
+        terminalreporter.section("figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
