@@ -7,6 +7,7 @@ namespace holding the peer, and deletes both afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -16,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,28 @@ class NetNS:
                            check=False, timeout=timeout * count + 5)
         return result.returncode == 0
 
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """This process inside the namespace, then back where it was (setns)."""
+        original = os.open("/proc/self/ns/net", os.O_RDONLY)
+        target = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
+        try:
+            _setns(target)
+            yield
+        finally:
+            _setns(original)
+            os.close(target)
+            os.close(original)
+
     def close(self) -> None:
         sh("ip", "netns", "del", self.name, check=False)
+
+
+def _setns(fd: int) -> None:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+        raise OSError(ctypes.get_errno(), "setns")
 
 
 class Lab:

@@ -1,9 +1,9 @@
 """Link events from rtnetlink, delivered on the asyncio loop.
 
 A plain AF_NETLINK socket joined to RTMGRP_LINK, read with ``loop.add_reader``: no
-thread and no polling. Messages are decoded with pyroute2's ``ifinfmsg``, whose
-buffer API is the same in 0.7.x and 0.9.x (its socket classes are not: 0.9.x's sync
-``IPRoute.get()`` cannot run inside a running event loop).
+thread and no polling (pyroute2's socket classes differ between 0.7.x and 0.9.x, and
+0.9.x's sync ``IPRoute.get()`` cannot run inside a running event loop). Messages are
+decoded by ``rtnl``, which reads only what the daemon uses.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-
-from bridged.kernel.netlink import Link, link_from_msg
+from bridged.kernel.netlink import Link
+from bridged.kernel.rtnl import decode_link
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +95,7 @@ def parse_events(data: bytes) -> list[LinkEvent]:
         if length < NLMSG_HDR.size:
             break
         if msg_type in (RTM_NEWLINK, RTM_DELLINK):
-            msg = ifinfmsg(data[offset:offset + length])
-            msg.decode()
-            events.append(LinkEvent(removed=msg_type == RTM_DELLINK, link=link_from_msg(msg)))
+            events.append(LinkEvent(removed=msg_type == RTM_DELLINK,
+                                    link=decode_link(data, offset, length)))
         offset += (length + 3) & ~3
     return events

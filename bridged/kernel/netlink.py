@@ -1,7 +1,8 @@
 """rtnetlink requests: links, addresses and routes.
 
-The only module that calls pyroute2's request API. It states no policy: it does what
-it is asked and returns plain dataclasses.
+The only module that calls pyroute2's request API (``rtnl`` does the few raw requests
+of the tap hot path). It states no policy: it does what it is asked and returns plain
+dataclasses.
 
 pyroute2's synchronous ``IPRoute`` is the one API that Debian 12 (0.7.2), Debian 13
 (0.7.7) and PyPI (0.9.x) share. In 0.9.x it drives an event loop of its own, so it
@@ -28,6 +29,10 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from bridged.kernel import tun
+from bridged.kernel.link import Link
+from bridged.kernel.rtnl import LinkSocket
+
+__all__ = ["KernelError", "Link", "Netlink", "TapSpec"]
 
 T = TypeVar("T")
 
@@ -58,20 +63,6 @@ def _strerror(errno: int) -> str:
     except ValueError:
         return f"errno {errno}"
 
-
-@dataclass(frozen=True)
-class Link:
-    index: int
-    name: str
-    kind: str | None
-    master: int | None
-    up: bool
-    operstate: str
-    address: str | None
-    perm_address: str | None
-    alias: str | None
-    mtu: int
-    family: int = 0
 
 
 @dataclass(frozen=True)
@@ -243,18 +234,27 @@ class TapSpec:
     isolated: bool = False
 
 
+_raw = threading.local()
+
+
+def _link_socket() -> LinkSocket:
+    """This lane thread's raw rtnetlink socket."""
+    sock = getattr(_raw, "sock", None)
+    if sock is None:
+        sock = _raw.sock = LinkSocket()
+    return sock
+
+
 def _create_tap(ipr: Any, spec: TapSpec) -> tuple[Link, list[int]]:
     fds = tun.open_tap(spec.name, spec.queues, spec.vnet_hdr)
     try:
         if spec.persistent_owner is not None:
             tun.make_persistent(fds[0], spec.persistent_owner)
         index = socket.if_nametoindex(spec.name)
-        changes: dict[str, Any] = {"address": spec.mac, "ifalias": spec.alias,
-                                   "master": spec.master, "state": "up"}
-        if spec.mtu is not None:
-            changes["mtu"] = spec.mtu
+        raw = _link_socket()
         try:
-            ipr.link("set", index=index, **changes)
+            raw.set_link(index, address=spec.mac, alias=spec.alias, master=spec.master,
+                         mtu=spec.mtu, up=True)
             if spec.isolated:
                 ipr.brport("set", index=index, isolated=1)
             if spec.vlan is not None:
@@ -262,9 +262,7 @@ def _create_tap(ipr: Any, spec: TapSpec) -> tuple[Link, list[int]]:
                                 vlan_info={"vid": spec.vlan, "flags": ["pvid", "untagged"]})
                 if spec.vlan != 1:
                     ipr.vlan_filter("del", index=index, vlan_info={"vid": 1})
-            link = _get_link(ipr, None, index)
-            if link is None:
-                raise NetlinkError(19, "tap vanished while being configured")
+            link = raw.get_link(index)
         except BaseException:
             if spec.persistent_owner is not None:
                 fcntl.ioctl(fds[0], tun.TUNSETPERSIST, 0)

@@ -1,0 +1,42 @@
+"""Times D-Bus Peer.Ping round trips to bridged, back to back, until stdin closes.
+
+Run as its own process by bench/run while taps are being freed, so that the stall it
+sees is the daemon's, not the benchmark's own. Prints one JSON line at the end.
+usage: pinger.py BUS_ADDRESS
+"""
+
+import asyncio
+import json
+import sys
+import time
+
+from dbus_fast import BusType, Message
+from dbus_fast.aio import MessageBus
+
+
+async def main() -> None:
+    bus = await MessageBus(bus_address=sys.argv[1], bus_type=BusType.SYSTEM).connect()
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+
+    def on_stdin() -> None:
+        # The benchmark never writes; readable means end of file: time to report.
+        if not stop.done():
+            stop.set_result(None)
+
+    loop.add_reader(sys.stdin.fileno(), on_stdin)
+    ping = Message(destination="org.bridged.Bridged1", path="/org/bridged/Bridged1",
+                   interface="org.freedesktop.DBus.Peer", member="Ping")
+    samples: list[float] = []
+    print("ready", flush=True)
+    while not stop.done():
+        start = time.perf_counter()
+        await bus.call(ping)
+        samples.append((time.perf_counter() - start) * 1000)
+        await asyncio.sleep(0.001)
+    samples.sort()
+    print(json.dumps({"n": len(samples), "max_ms": samples[-1] if samples else 0,
+                      "p50_ms": samples[len(samples) // 2] if samples else 0}), flush=True)
+
+
+asyncio.run(main())
