@@ -1,9 +1,8 @@
 """Link events from rtnetlink, delivered on the asyncio loop.
 
 A plain AF_NETLINK socket joined to RTMGRP_LINK, read with ``loop.add_reader``: no
-thread and no polling (pyroute2's socket classes differ between 0.7.x and 0.9.x, and
-0.9.x's sync ``IPRoute.get()`` cannot run inside a running event loop). Messages are
-decoded by ``rtnl``, which reads only what the daemon uses.
+thread and no polling. Messages are decoded by ``rtnl``, which reads only what the
+daemon uses.
 """
 
 from __future__ import annotations
