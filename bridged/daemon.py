@@ -54,6 +54,7 @@ class Daemon:
         self.service: BusService | None = None
         self._stop = asyncio.Event()
         self._reloading: asyncio.Task[None] | None = None
+        self._status_pending = False
 
     @property
     def bus(self) -> MessageBus | None:
@@ -71,6 +72,13 @@ class Daemon:
         return f"{self.bridge.status_line()}, {count} tap{'' if count == 1 else 's'}"
 
     def _status_changed(self) -> None:
+        # Once per loop iteration, however many events asked for it.
+        if not self._status_pending:
+            self._status_pending = True
+            asyncio.get_running_loop().call_soon(self._send_status)
+
+    def _send_status(self) -> None:
+        self._status_pending = False
         if self.bridge.state != State.STARTING:
             self.notifier.status(self.status_line())
 

@@ -62,6 +62,7 @@ class BusService:
         self._tap_ifaces: dict[str, TapInterface] = {}
         self._bridge_props: dict[str, Any] = {}
         self._manager_props: dict[str, Any] = {}
+        self._flush_pending = False
 
     async def start(self) -> None:
         kwargs: dict[str, Any] = {"bus_type": BusType.SYSTEM, "negotiate_unix_fd": True}
@@ -73,7 +74,7 @@ class BusService:
         bus.export(bridge_path(self._bridge.config.name), self.bridge_iface)
         for tap in self._taps.taps.values():
             self._export_tap(tap, announce=False)
-        self._taps.on_added.append(self._export_tap)
+        self._taps.on_added.append(self._export_tap_soon)
         self._taps.on_removed.append(self._unexport_tap)
         self._bridge.on_change.append(self._properties_changed)
         self._bridge.on_uplink_changed.append(self._uplink_changed)
@@ -170,6 +171,15 @@ class BusService:
 
     # --- objects and signals -----------------------------------------------------------
 
+    def _export_tap_soon(self, tap: Tap) -> None:
+        # After the current step: OpenTap's reply goes out first, and nothing the
+        # client sends next is read before the object exists (call_soon runs first).
+        asyncio.get_running_loop().call_soon(self._export_if_alive, tap)
+
+    def _export_if_alive(self, tap: Tap) -> None:
+        if self._taps.taps.get(tap.name) is tap:  # not already gone again
+            self._export_tap(tap)
+
     def _export_tap(self, tap: Tap, announce: bool = True) -> None:
         if self.bus is None or tap.name in self._tap_ifaces:
             return
@@ -196,6 +206,14 @@ class BusService:
         return {"State": self._bridge.state.value, "TapCount": len(self._taps.taps)}
 
     def _properties_changed(self) -> None:
+        """Emit PropertiesChanged once for all changes made in this loop iteration: a
+        tap's creation brings several link events, each of which lands here."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush_properties)
+
+    def _flush_properties(self) -> None:
+        self._flush_pending = False
         if self.bus is None or not self.bus.connected:
             return
         for iface, old, new in (
