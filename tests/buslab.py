@@ -64,13 +64,15 @@ def ensure_users() -> None:
 
 
 class PrivateBus:
-    def __init__(self) -> None:
+    def __init__(self, extra_policies: dict[str, str] | None = None) -> None:
         self.dir = tempfile.mkdtemp(prefix="bridged-bus-")
         os.chmod(self.dir, 0o755)
         policy_dir = os.path.join(self.dir, "system.d")
         os.mkdir(policy_dir)
-        # The policy file we ship, as shipped.
+        # The policy file we ship, as shipped; and others' (polkit's) where a test needs them.
         shutil.copy(REPO / "dbus" / "org.bridged.Bridged1.conf", policy_dir)
+        for name, text in (extra_policies or {}).items():
+            Path(policy_dir, name).write_text(text)
         self.socket = os.path.join(self.dir, "system_bus_socket")
         self.address = f"unix:path={self.socket}"
         conf = os.path.join(self.dir, "system.conf")
