@@ -55,6 +55,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reloading: asyncio.Task[None] | None = None
         self._status_pending = False
+        self._exit_code = EX_OK
+        self._bus_watch: asyncio.Task[None] | None = None
 
     @property
     def bus(self) -> MessageBus | None:
@@ -107,6 +109,7 @@ class Daemon:
                 log.error("cannot serve %s on the system bus: %s", BUS_NAME, e,
                           extra={"BRIDGED_EVENT": "start-failed"})
                 return EX_UNAVAILABLE
+            self._bus_watch = asyncio.create_task(self._watch_bus())
         await self._apply_dns()
         self.bridge.on_change.append(self._status_changed)
         self.taps.on_added.append(lambda _tap: self._status_changed())
@@ -131,7 +134,23 @@ class Daemon:
         self.monitor.stop()
         self.netlink.close()
         self.reaper.close()
-        return EX_OK
+        return self._exit_code
+
+    async def _watch_bus(self) -> None:
+        assert self.service is not None and self.service.bus is not None
+        try:
+            await self.service.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+            why = "the bus closed the connection"
+        except Exception as e:  # the reason the connection broke
+            why = str(e) or type(e).__name__
+        if self._stop.is_set():
+            return  # our own disconnect on the way out
+        # Without the bus no client can reach us or release a tap. Exit non-zero, so
+        # systemd restarts us (Restart=on-failure) and the next start adopts every tap.
+        log.error("lost the connection to the system bus (%s); exiting to be restarted", why,
+                  extra={"BRIDGED_EVENT": "bus-lost"})
+        self._exit_code = EX_UNAVAILABLE
+        self._stop.set()
 
     def _request_reload(self) -> None:
         if self._reloading is None or self._reloading.done():

@@ -289,3 +289,13 @@ def test_deleting_taps_does_not_stall_other_clients(lab: Lab, bus: PrivateBus,
     assert tap_names(lab) == set()
     assert time.monotonic() - started < 10
     assert lab.host.ping(LAN_V4) and HOST_V4
+
+
+def test_losing_the_bus_exits_nonzero_and_keeps_taps(lab: Lab, bus: PrivateBus, daemon: Daemon):
+    call_json(bus.manager("CreateTap", "a{sv}", "1", "linger", "b", "true", user=MEMBER))
+    bus.proc.kill()  # dbus-daemon dies (or restarts) under us
+    assert daemon.proc is not None
+    assert daemon.proc.wait(10) == 69, daemon.log()
+    assert "lost the connection to the system bus" in daemon.log()
+    # The tap outlives the daemon: a restarted daemon adopts it.
+    assert "tap0" in lab.host.links()
