@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import errno
 import logging
@@ -116,7 +117,7 @@ class BridgeManager:
             log.error("bridge.name changed from %s to %s: restart bridged to rename the bridge; "
                       "keeping %s", self.config.name, config.name, self.config.name,
                       extra={"INTERFACE": self.config.name, "BRIDGED_EVENT": "reload-refused"})
-            config = BridgeConfig(**{**config.__dict__, "name": self.config.name})
+            config = dataclasses.replace(config, name=self.config.name)
         self.config = config
         self._bridge_dirty = True
         self._pending_uplinks.update(link.index for link in self.uplinks())
@@ -302,7 +303,7 @@ class BridgeManager:
         uplinks = [u for u in self.uplinks() if u.master == bridge.index]
         # Reverse of the move: the uplink gets the addresses before the bridge goes.
         if uplinks:
-            await self.ip.restore_to_uplink(bridge, uplinks[0])
+            await self.ip.restore_addresses_to_uplink(uplinks[0])
         for uplink in uplinks:
             await self._netlink.set_link(uplink.index, master=0)
         await self._netlink.delete_link(bridge.index)

@@ -127,14 +127,16 @@ class IPManager:
                          extra={"INTERFACE": uplink.name, "BRIDGED_EVENT": "address-moved",
                                 "BRIDGED_ADDRESS": str(address.interface)})
 
-    async def restore_to_uplink(self, bridge: Link, uplink: Link) -> None:
-        """Teardown: give the uplink the bridge's addresses and routes back."""
+    async def restore_addresses_to_uplink(self, uplink: Link) -> None:
+        """Teardown, first step: the uplink gets the bridge's addresses back (before it
+        leaves the bridge, so the host stays reachable)."""
         if not self.manages_ip:
             return
         for address in self.desired_addresses():
             await self._netlink.add_address(uplink.index, address)
 
     async def restore_routes_to_uplink(self, uplink: Link) -> None:
+        """Teardown, last step: the routes, once the bridge (and its routes) are gone."""
         if not self.manages_ip:
             return
         for route in self.desired_routes():

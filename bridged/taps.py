@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import secrets
+import select
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -346,6 +347,9 @@ class TapRegistry:
         if self.taps.get(tap.name) is not tap:
             return
         self._forget(tap.name)
+        await self._remove_from_kernel(tap, why)
+
+    async def _remove_from_kernel(self, tap: Tap, why: str) -> None:
         try:
             await self._reaper.delete_link(tap.index)
         except KernelError as e:
@@ -385,14 +389,14 @@ class TapRegistry:
                 if alive:
                     with contextlib.suppress(ProcessLookupError):
                         pidfd = os.pidfd_open(tap.client_pid)
-                    # Re-check: the process may have exited between the two looks.
-                    alive = pidfd >= 0 and \
+                    # Re-check: the process may have exited between the two looks, or be
+                    # a zombie not yet reaped (its pidfd is readable at once).
+                    alive = pidfd >= 0 and not select.select([pidfd], [], [], 0)[0] and \
                         process_start_time(tap.client_pid) == tap.client_start
                 if not alive:
                     if pidfd >= 0:
                         os.close(pidfd)
-                    self.taps[tap.name] = tap
-                    await self._delete(tap, f"client process {tap.client_pid} is gone")
+                    await self._remove_from_kernel(tap, f"client process {tap.client_pid} is gone")
                     continue
                 self._register(tap, pidfd)
             else:

@@ -207,8 +207,11 @@ def test_restart_after_sigkill_adopts_live_taps_and_frees_dead_ones(
         kill_client(dies)
         time.sleep(0.2)
         assert {"tap0", "tap1", "tap2", "tap3"} <= tap_names(lab), "nothing freed while down"
-        daemon_factory(SEED, extra_args=("--bus-address", bus.address)).start()
+        second = daemon_factory(SEED, extra_args=("--bus-address", bus.address)).start()
         assert tap_names(lab) == {"tap0", "tap1", "tap3"}
+        wait_for(lambda: "tap tap2 removed: client process" in second.log(),
+                 what="the dead client's tap freed and logged")
+        assert second.log().count("tap-adopted") == 3, second.log()
         assert sorted(call_json(bus.manager("ListTaps"))[0]) == [
             f"{ROOT}/tap/tap0", f"{ROOT}/tap/tap1", f"{ROOT}/tap/tap3"]
         assert bus.get_property(f"{ROOT}/tap/tap0", "org.bridged.Bridged1.Tap",

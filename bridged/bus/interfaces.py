@@ -15,6 +15,7 @@ from bridged import __version__
 from bridged.auth import Caller
 from bridged.bridge import BridgeManager
 from bridged.errors import ERROR_PREFIX, BridgedError
+from bridged.kernel.link import Link
 from bridged.taps import Tap, TapRegistry, parse_options
 
 log = logging.getLogger(__name__)
@@ -123,61 +124,72 @@ class BridgeInterface(ServiceInterface):  # type: ignore[misc]
         super().__init__(BRIDGE_IFACE)
         self._bridge = bridge
 
+    def _link_field(self, read: Callable[[Link], Any], absent: Any) -> Any:
+        link = self._bridge.bridge
+        return read(link) if link is not None else absent
+
+    def values(self) -> dict[str, Callable[[], Any]]:
+        """How to read each property, one at a time (a Get reads one, not all)."""
+        bridge, config = self._bridge, self._bridge.config
+        return {
+            "Name": lambda: config.name,
+            "Index": lambda: self._link_field(lambda link: link.index, 0),
+            "MACAddress": lambda: self._link_field(lambda link: link.address or "", ""),
+            "MTU": lambda: self._link_field(lambda link: link.mtu, 0),
+            "STP": lambda: config.stp,
+            "ForwardDelay": lambda: config.forward_delay,
+            "OperState": lambda: self._link_field(lambda link: link.operstate.lower(), "absent"),
+            "Uplinks": lambda: [p.text for p in config.uplinks],
+            "Ports": lambda: [p.name for p in bridge.ports()],
+            "Addresses": lambda: [str(a) for a in bridge.ip.desired_addresses()],
+        }
+
     def snapshot(self) -> dict[str, Any]:
         """Every property's current value, to emit PropertiesChanged for what moved."""
-        link = self._bridge.bridge
-        return {
-            "Name": self._bridge.config.name,
-            "Index": link.index if link else 0,
-            "MACAddress": (link.address or "") if link else "",
-            "MTU": link.mtu if link else 0,
-            "STP": self._bridge.config.stp,
-            "ForwardDelay": self._bridge.config.forward_delay,
-            "OperState": link.operstate.lower() if link else "absent",
-            "Uplinks": [p.text for p in self._bridge.config.uplinks],
-            "Ports": [p.name for p in self._bridge.ports()],
-            "Addresses": [str(a) for a in self._bridge.ip.desired_addresses()],
-        }
+        return {name: read() for name, read in self.values().items()}
+
+    def _get(self, name: str) -> Any:
+        return self.values()[name]()
 
     @dbus_property(access=PropertyAccess.READ)
     def Name(self) -> "s":
-        return self.snapshot()["Name"]  # type: ignore[no-any-return]
+        return self._get("Name")
 
     @dbus_property(access=PropertyAccess.READ)
     def Index(self) -> "i":
-        return self.snapshot()["Index"]  # type: ignore[no-any-return]
+        return self._get("Index")
 
     @dbus_property(access=PropertyAccess.READ)
     def MACAddress(self) -> "s":
-        return self.snapshot()["MACAddress"]  # type: ignore[no-any-return]
+        return self._get("MACAddress")
 
     @dbus_property(access=PropertyAccess.READ)
     def MTU(self) -> "u":
-        return self.snapshot()["MTU"]  # type: ignore[no-any-return]
+        return self._get("MTU")
 
     @dbus_property(access=PropertyAccess.READ)
     def STP(self) -> "b":
-        return self.snapshot()["STP"]  # type: ignore[no-any-return]
+        return self._get("STP")
 
     @dbus_property(access=PropertyAccess.READ)
     def ForwardDelay(self) -> "u":
-        return self.snapshot()["ForwardDelay"]  # type: ignore[no-any-return]
+        return self._get("ForwardDelay")
 
     @dbus_property(access=PropertyAccess.READ)
     def OperState(self) -> "s":
-        return self.snapshot()["OperState"]  # type: ignore[no-any-return]
+        return self._get("OperState")
 
     @dbus_property(access=PropertyAccess.READ)
     def Uplinks(self) -> "as":
-        return self.snapshot()["Uplinks"]  # type: ignore[no-any-return]
+        return self._get("Uplinks")
 
     @dbus_property(access=PropertyAccess.READ)
     def Ports(self) -> "as":
-        return self.snapshot()["Ports"]  # type: ignore[no-any-return]
+        return self._get("Ports")
 
     @dbus_property(access=PropertyAccess.READ)
     def Addresses(self) -> "as":
-        return self.snapshot()["Addresses"]  # type: ignore[no-any-return]
+        return self._get("Addresses")
 
     @signal()
     def UplinkChanged(self, ifname: str, state: str) -> "ss":
