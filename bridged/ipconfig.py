@@ -93,17 +93,18 @@ class IPManager:
                 if route not in self._migrated.routes:
                     self._migrated.routes.append(route)
         present = {a.interface for a in await self._netlink.addresses(bridge.index)}
+        missing = [a for a in self.desired_addresses() if a not in present]
+        if not missing:
+            return added  # the usual case after the first uplink: nothing to ask the kernel
         # An address the uplink already holds passed duplicate detection on this very
         # LAN; detecting again would leave it "tentative" (unusable) for a second or two.
         on_uplink = {a.interface for a in await self._netlink.addresses(uplink.index)}
-        for address in self.desired_addresses():
-            if address not in present:
-                await self._netlink.add_address(bridge.index, address,
-                                                nodad=address in on_uplink)
-                added.append(address)
-                log.info("address %s added to %s", address, bridge.name,
-                         extra={"INTERFACE": bridge.name, "BRIDGED_EVENT": "address-added",
-                                "BRIDGED_ADDRESS": str(address)})
+        for address in missing:
+            await self._netlink.add_address(bridge.index, address, nodad=address in on_uplink)
+            added.append(address)
+            log.info("address %s added to %s", address, bridge.name,
+                     extra={"INTERFACE": bridge.name, "BRIDGED_EVENT": "address-added",
+                            "BRIDGED_ADDRESS": str(address)})
         return added
 
     async def undo_before_enslave(self, bridge: Link, added: list[IPInterface]) -> None:

@@ -11,19 +11,15 @@ import asyncio
 import errno
 import logging
 import socket
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridged.kernel.netlink import Link
-from bridged.kernel.rtnl import decode_link
+from bridged.kernel.rtnl import RTM_DELLINK, RTM_NEWLINK, decode_link, messages
 
 log = logging.getLogger(__name__)
 
 RTMGRP_LINK = 0x1
-RTM_NEWLINK = 16
-RTM_DELLINK = 17
-NLMSG_HDR = struct.Struct("=IHHII")
 RCVBUF = 8 * 1024 * 1024
 
 
@@ -87,14 +83,6 @@ class LinkMonitor:
 
 
 def parse_events(data: bytes) -> list[LinkEvent]:
-    events = []
-    offset = 0
-    while offset + NLMSG_HDR.size <= len(data):
-        length, msg_type, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, offset)
-        if length < NLMSG_HDR.size:
-            break
-        if msg_type in (RTM_NEWLINK, RTM_DELLINK):
-            events.append(LinkEvent(removed=msg_type == RTM_DELLINK,
-                                    link=decode_link(data, offset, length)))
-        offset += (length + 3) & ~3
-    return events
+    return [LinkEvent(removed=kind == RTM_DELLINK, link=decode_link(data, offset, length))
+            for kind, _seq, offset, length in messages(data)
+            if kind in (RTM_NEWLINK, RTM_DELLINK)]
