@@ -35,8 +35,11 @@ async def main() -> None:
         samples.append((time.perf_counter() - start) * 1000)
         await asyncio.sleep(0.001)
     samples.sort()
-    print(json.dumps({"n": len(samples), "max_ms": samples[-1] if samples else 0,
-                      "p50_ms": samples[len(samples) // 2] if samples else 0}), flush=True)
+    n = len(samples)
+    print(json.dumps({"n": n, "max_ms": samples[-1] if n else 0,
+                      "p50_ms": samples[n // 2] if n else 0,
+                      "p99_ms": samples[min(n - 1, int(n * 0.99))] if n else 0,
+                      "over_5ms": sum(1 for s in samples if s > 5)}), flush=True)
 
 
 asyncio.run(main())
