@@ -41,7 +41,11 @@ class BridgeManager:
         self._netlink = netlink
         self.state = State.STARTING
         self.bridge: Link | None = None
+        # Every link in the namespace, kept from events; with indexes by name and of the
+        # uplinks, since with a thousand taps a scan per event adds up.
         self._links: dict[int, Link] = {}
+        self._names: dict[str, int] = {}
+        self._uplink_indexes: set[int] = set()
         self._pending_uplinks: set[int] = set()
         self._bridge_dirty = False
         self._resync = False
@@ -67,8 +71,7 @@ class BridgeManager:
 
     def uplinks(self) -> list[Link]:
         """Links that match the configured uplinks, enslaved or not."""
-        return sorted((link for link in self._links.values() if self._is_uplink(link)),
-                      key=lambda link: link.name)
+        return sorted((self._links[i] for i in self._uplink_indexes), key=lambda link: link.name)
 
     def enslaved_uplinks(self) -> list[Link]:
         index = self.index
@@ -79,6 +82,31 @@ class BridgeManager:
 
     def link(self, index: int) -> Link | None:
         return self._links.get(index)
+
+    def has_link_named(self, name: str) -> bool:
+        return name in self._names
+
+    def _store(self, link: Link) -> None:
+        previous = self._links.get(link.index)
+        if previous is not None and previous.name != link.name:
+            self._names.pop(previous.name, None)
+        self._links[link.index] = link
+        self._names[link.name] = link.index
+        if self._is_uplink(link):
+            self._uplink_indexes.add(link.index)
+        else:
+            self._uplink_indexes.discard(link.index)
+
+    def _drop(self, index: int) -> None:
+        link = self._links.pop(index, None)
+        if link is not None and self._names.get(link.name) == index:
+            del self._names[link.name]
+        self._uplink_indexes.discard(index)
+
+    def _store_all(self, links: list[Link]) -> None:
+        self._links, self._names, self._uplink_indexes = {}, {}, set()
+        for link in links:
+            self._store(link)
 
     def status_line(self) -> str:
         if self.bridge is None:
@@ -94,8 +122,7 @@ class BridgeManager:
 
     async def start(self) -> None:
         """Bring the bridge up and enslave what matches; raise if the bridge is unusable."""
-        for link in await self._netlink.links():
-            self._links[link.index] = link
+        self._store_all(await self._netlink.links())
         await self._ensure_bridge()
         for link in self.uplinks():
             await self._adopt_uplink(link.index)
@@ -119,6 +146,7 @@ class BridgeManager:
                       extra={"INTERFACE": self.config.name, "BRIDGED_EVENT": "reload-refused"})
             config = dataclasses.replace(config, name=self.config.name)
         self.config = config
+        self._store_all(list(self._links.values()))  # the uplink patterns may have changed
         self._bridge_dirty = True
         self._pending_uplinks.update(link.index for link in self.uplinks())
         self._wakeup.set()
@@ -134,7 +162,7 @@ class BridgeManager:
             # The bridge's per-port notifications: port state, not a new link.
             return
         if event.removed:
-            self._links.pop(link.index, None)
+            self._drop(link.index)
             if self.bridge and link.index == self.bridge.index:
                 log.warning("bridge %s was deleted; recreating it", link.name,
                             extra={"INTERFACE": link.name, "BRIDGED_EVENT": "bridge-deleted"})
@@ -150,7 +178,7 @@ class BridgeManager:
             return
 
         previous = self._links.get(link.index)
-        self._links[link.index] = link
+        self._store(link)
         if self.bridge and link.index == self.bridge.index:
             self.bridge = link
             if not link.up:
@@ -196,7 +224,7 @@ class BridgeManager:
     async def _reconcile_once(self) -> None:
         if self._resync:
             self._resync = False
-            self._links = {link.index: link for link in await self._netlink.links()}
+            self._store_all(await self._netlink.links())
             self._pending_uplinks.update(link.index for link in self.uplinks())
         if self._bridge_dirty:
             self._bridge_dirty = False

@@ -185,6 +185,7 @@ class TapRegistry:
         self.taps: dict[str, Tap] = {}
         self._reserved: dict[str, int] = {}  # names being created -> owner uid
         self._pidfds: dict[str, int] = {}
+        self._free_hint = 0  # no tap number below this one is free
         self.on_added: list[Callable[[Tap], None]] = []
         self.on_removed: list[Callable[[Tap], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -260,6 +261,7 @@ class TapRegistry:
         except BaseException:
             if pidfd >= 0:
                 os.close(pidfd)
+            self._number_free(name)
             raise
         finally:
             self._reserved.pop(name, None)
@@ -287,19 +289,24 @@ class TapRegistry:
                                 f"(taps.max_per_user = {self.config.max_per_user}); "
                                 "release one with ReleaseTap")
 
+    def _taken(self, name: str) -> bool:
+        return self._bridge.has_link_named(name) or name in self._reserved or name in self.taps
+
     def _reserve_name(self, requested: str | None, uid: int) -> str:
-        taken = {link.name for link in self._bridge.all_links()} | set(self._reserved)
         if requested is not None:
             check_requested_name(requested, self.config.prefix)
-            if requested in taken or requested in self.taps:
+            if self._taken(requested):
                 raise NameInUse(f"{requested} already exists; pick another name or omit "
                                 "'name' to get a free one")
             name = requested
         else:
-            number = 0
-            while f"{self.config.prefix}{number}" in taken:
+            # The lowest free number. Every number below the hint is in use (the hint
+            # drops when one of our taps goes), so the search starts there, not at 0.
+            number = self._free_hint
+            while self._taken(f"{self.config.prefix}{number}"):
                 number += 1
             name = f"{self.config.prefix}{number}"
+            self._free_hint = number + 1
         self._reserved[name] = uid
         return name
 
@@ -324,7 +331,13 @@ class TapRegistry:
         for listener in self.on_added:
             listener(tap)
 
+    def _number_free(self, name: str) -> None:
+        number = name[len(self.config.prefix):]
+        if name.startswith(self.config.prefix) and number.isdigit():
+            self._free_hint = min(self._free_hint, int(number))
+
     def _forget(self, name: str) -> Tap | None:
+        self._number_free(name)
         tap = self.taps.pop(name, None)
         pidfd = self._pidfds.pop(name, None)
         if pidfd is not None:
