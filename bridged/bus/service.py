@@ -37,6 +37,7 @@ from bridged.errors import AccessDenied, BridgedError
 from bridged.kernel import tun
 from bridged.taps import Tap, TapRegistry, parse_options
 
+PROPERTIES_BATCH_S = 0.02
 log = logging.getLogger(__name__)
 
 _current_message: contextvars.ContextVar[Message] = contextvars.ContextVar("current_message")
@@ -206,11 +207,12 @@ class BusService:
         return {"State": self._bridge.state.value, "TapCount": len(self._taps.taps)}
 
     def _properties_changed(self) -> None:
-        """Emit PropertiesChanged once for all changes made in this loop iteration: a
-        tap's creation brings several link events, each of which lands here."""
+        """Emit PropertiesChanged once for all changes of the next few milliseconds: a
+        tap's creation brings several link events, each of which lands here, and with a
+        thousand taps the Bridge's Ports array is costly to send for every one."""
         if not self._flush_pending:
             self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush_properties)
+            asyncio.get_running_loop().call_later(PROPERTIES_BATCH_S, self._flush_properties)
 
     def _flush_properties(self) -> None:
         self._flush_pending = False
