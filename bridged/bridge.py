@@ -19,8 +19,8 @@ from collections.abc import Callable
 from bridged.config import MAC_FROM_UPLINK, BridgeConfig
 from bridged.errors import BridgeUnavailable
 from bridged.ipconfig import IPManager
-from bridged.kernel.events import LinkEvent
-from bridged.kernel.netlink import AF_BRIDGE, KernelError, Link, Netlink
+from bridged.kernel.events import AddressEvent, LinkEvent
+from bridged.kernel.netlink import AF_BRIDGE, Address, KernelError, Link, Netlink
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class BridgeManager:
         self._links: dict[int, Link] = {}
         self._names: dict[str, int] = {}
         self._uplink_indexes: set[int] = set()
+        # The bridge's addresses as the kernel reports them, whoever put them there.
+        self.addresses: set[Address] = set()
         self._pending_uplinks: set[int] = set()
         self._bridge_dirty = False
         self._resync = False
@@ -167,6 +169,7 @@ class BridgeManager:
                 log.warning("bridge %s was deleted; recreating it", link.name,
                             extra={"INTERFACE": link.name, "BRIDGED_EVENT": "bridge-deleted"})
                 self.bridge = None
+                self.addresses = set()
                 self._bridge_dirty = True
                 self._wakeup.set()
             elif self._is_uplink(link):
@@ -202,6 +205,15 @@ class BridgeManager:
             log.info("%s was renamed to %s and no longer matches the uplinks", previous.name,
                      link.name, extra={"INTERFACE": link.name, "BRIDGED_EVENT": "uplink-renamed"})
             self._update_state()
+
+    def handle_address_event(self, event: AddressEvent) -> None:
+        if self.bridge is None or event.index != self.bridge.index:
+            return
+        if event.removed:
+            self.addresses.discard(event.address)
+        else:
+            self.addresses.add(event.address)
+        self._notify()
 
     def handle_overrun(self) -> None:
         """Events were lost: rebuild the picture from a dump."""
@@ -272,6 +284,8 @@ class BridgeManager:
         if refreshed is None:
             raise BridgeUnavailable(f"{cfg.name} disappeared while being configured")
         self.bridge = refreshed
+        # Events keep this current from here on; the dump covers what came before.
+        self.addresses = set(await self._netlink.addresses(refreshed.index))
         await self.ip.apply_to_bridge(refreshed, self.uplinks())
         if created:
             for listener in self.on_bridge_created:

@@ -50,7 +50,8 @@ class Daemon:
         self.authorizer = Authorizer(config.taps, config.auth, self._polkit_allows)
         self.taps = TapRegistry(config.taps, self.bridge, self.authorizer, self.netlink,
                                 self.reaper)
-        self.monitor = LinkMonitor(self._link_event, self.bridge.handle_overrun)
+        self.monitor = LinkMonitor(self._link_event, self.bridge.handle_overrun,
+                                   self.bridge.handle_address_event, lambda: self.bridge.index)
         self.service: BusService | None = None
         self._stop = asyncio.Event()
         self._reloading: asyncio.Task[None] | None = None

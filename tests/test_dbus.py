@@ -302,3 +302,17 @@ def test_losing_the_bus_exits_nonzero_and_keeps_taps(lab: Lab, bus: PrivateBus, 
     assert "lost the connection to the system bus" in daemon.log()
     # The tap outlives the daemon: a restarted daemon adopts it.
     assert "tap0" in lab.host.links()
+
+
+def test_bridge_addresses_are_the_kernels_whoever_set_them(lab: Lab, bus: PrivateBus,
+                                                           daemon: Daemon):
+    bridge = f"{ROOT}/bridge/br0"
+
+    def addresses() -> list[str]:
+        return bus.get_property(bridge, "org.bridged.Bridged1.Bridge", "Addresses")  # type: ignore[return-value]
+
+    assert addresses() == sorted([f"{HOST_V4}/24", "2001:db8::2/64"])
+    lab.host.ip("addr", "add", "198.51.100.77/24", "dev", "br0")  # another tool's address
+    wait_for(lambda: "198.51.100.77/24" in addresses(), what="observed address")
+    lab.host.ip("addr", "del", "198.51.100.77/24", "dev", "br0")
+    wait_for(lambda: "198.51.100.77/24" not in addresses(), what="address gone")

@@ -141,7 +141,8 @@ class BridgeInterface(ServiceInterface):  # type: ignore[misc]
             "OperState": lambda: self._link_field(lambda link: link.operstate.lower(), "absent"),
             "Uplinks": lambda: [p.text for p in config.uplinks],
             "Ports": lambda: [p.name for p in bridge.ports()],
-            "Addresses": lambda: [str(a) for a in bridge.ip.desired_addresses()],
+            "Addresses": lambda: sorted(str(a.interface) for a in bridge.addresses
+                                        if a.is_global),
         }
 
     def snapshot(self) -> dict[str, Any]:

@@ -14,12 +14,23 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bridged.kernel.netlink import Link
-from bridged.kernel.rtnl import RTM_DELLINK, RTM_NEWLINK, decode_link, messages
+from bridged.kernel.netlink import Address, Link
+from bridged.kernel.rtnl import (
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    address_index,
+    decode_address,
+    decode_link,
+    messages,
+)
 
 log = logging.getLogger(__name__)
 
 RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
 RCVBUF = 8 * 1024 * 1024
 
 
@@ -29,16 +40,28 @@ class LinkEvent:
     link: Link
 
 
+@dataclass(frozen=True)
+class AddressEvent:
+    removed: bool
+    index: int
+    address: Address
+
+
 class LinkMonitor:
-    """Calls ``on_event`` for each link event, ``on_overrun`` when events were lost."""
+    """Calls ``on_event`` for each link event, ``on_address`` for each address event on
+    the interfaces ``watch_addresses_of`` names, ``on_overrun`` when events were lost."""
 
     def __init__(
         self,
         on_event: Callable[[LinkEvent], None],
         on_overrun: Callable[[], None],
+        on_address: Callable[[AddressEvent], None] | None = None,
+        watch_addresses_of: Callable[[], int | None] | None = None,
     ) -> None:
         self._on_event = on_event
         self._on_overrun = on_overrun
+        self._on_address = on_address
+        self._watched = watch_addresses_of
         self._sock: socket.socket | None = None
 
     def start(self) -> None:
@@ -52,7 +75,10 @@ class LinkMonitor:
             sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        sock.bind((0, RTMGRP_LINK))
+        groups = RTMGRP_LINK
+        if self._on_address is not None:
+            groups |= RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+        sock.bind((0, groups))
         self._sock = sock
         asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
 
@@ -75,6 +101,8 @@ class LinkMonitor:
                     self._on_overrun()
                     continue
                 raise
+            if self._on_address is not None and self._watched is not None:
+                _address_events(data, self._on_address, self._watched())
             for event in parse_events(data):
                 try:
                     self._on_event(event)
@@ -86,3 +114,17 @@ def parse_events(data: bytes) -> list[LinkEvent]:
     return [LinkEvent(removed=kind == RTM_DELLINK, link=decode_link(data, offset, length))
             for kind, _seq, offset, length in messages(data)
             if kind in (RTM_NEWLINK, RTM_DELLINK)]
+
+
+def _address_events(data: bytes, handler: Callable[[AddressEvent], None],
+                    index: int | None) -> None:
+    # Every tap brings its own (IPv6 link-local) address events: skip them unread.
+    for kind, _seq, offset, length in messages(data):
+        if kind not in (RTM_NEWADDR, RTM_DELADDR) or address_index(data, offset) != index:
+            continue
+        decoded = decode_address(data, offset, length)
+        if decoded is not None:
+            try:
+                handler(AddressEvent(kind == RTM_DELADDR, decoded[0], decoded[1]))
+            except Exception:
+                log.exception("address event handler failed")

@@ -115,6 +115,22 @@ def decode_link(data: bytes, offset: int, length: int) -> Link:
     )
 
 
+def decode_address(data: bytes, offset: int, length: int) -> tuple[int, Address] | None:
+    """(interface index, Address) of the RTM_NEWADDR/DELADDR message at data[offset:]."""
+    _family, prefixlen, _flags, scope, index = IFADDRMSG.unpack_from(data, offset + NLMSGHDR.size)
+    attrs = attributes(data, offset + NLMSGHDR.size + IFADDRMSG.size, offset + length)
+    span = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+    if span is None:
+        return None
+    ip = ipaddress.ip_address(bytes(data[span[0]:span[1]]))
+    return index, Address(ipaddress.ip_interface(f"{ip}/{prefixlen}"), scope)
+
+
+def address_index(data: bytes, offset: int) -> int:
+    """The interface index of an address message, without decoding the rest."""
+    return int(IFADDRMSG.unpack_from(data, offset + NLMSGHDR.size)[4])
+
+
 def messages(data: bytes) -> list[tuple[int, int, int, int]]:
     """(type, seq, offset, length) of each netlink message in ``data``."""
     out = []
@@ -279,16 +295,11 @@ class RtnlSocket:
     def addresses(self, index: int) -> list[Address]:
         out = []
         for data, offset, length in self.dump(RTM_GETADDR, IFADDRMSG.pack(0, 0, 0, 0, 0)):
-            _family, prefixlen, _flags, scope, if_index = IFADDRMSG.unpack_from(
-                data, offset + NLMSGHDR.size)
-            if if_index != index:
+            if address_index(data, offset) != index:
                 continue
-            attrs = attributes(data, offset + NLMSGHDR.size + IFADDRMSG.size, offset + length)
-            span = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
-            if span is None:
-                continue
-            ip = ipaddress.ip_address(bytes(data[span[0]:span[1]]))
-            out.append(Address(ipaddress.ip_interface(f"{ip}/{prefixlen}"), scope))
+            decoded = decode_address(data, offset, length)
+            if decoded is not None:
+                out.append(decoded[1])
         return out
 
     def address(self, index: int, interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
