@@ -81,7 +81,7 @@ async def gather_status(client: Client) -> dict[str, Any]:
 
 def render_status(status: dict[str, Any]) -> str:
     b, up = status["bridge"], status["uplinks"]
-    enslaved = ", ".join(up["enslaved"]) or "none present"
+    enslaved = ", ".join(f"{u} (enslaved)" for u in up["enslaved"]) or "none present"
     lines = [
         f"● {b['name']}  bridged {status['version']}, {status['state']}",
         f"        State: {b['operstate']}",
@@ -89,7 +89,7 @@ def render_status(status: dict[str, Any]) -> str:
         f"          MTU: {b['mtu']}",
         f"          STP: {'on' if b['stp'] else 'off'} (forward delay {b['forward_delay']} s)",
         f"    Addresses: {', '.join(b['addresses']) or '-'}",
-        f"      Uplinks: {enslaved} (configured: {', '.join(up['configured']) or '-'})",
+        f"      Uplinks: {enslaved}; configured: {', '.join(up['configured']) or 'none'}",
         f"         Taps: {len(status['taps'])}",
     ]
     if status["taps"]:

@@ -51,7 +51,7 @@ def test_status_shows_bridge_uplink_and_taps(lab: Lab, bus: PrivateBus, daemon: 
     assert json.loads(ok(bus.bridgectl("--json", "status")))["taps"][0]["name"] == "tap0"
     text = ok(bus.bridgectl("status"))
     assert "● br0" in text and eth0_mac in text and f"{HOST_V4}/24" in text
-    assert "Uplinks: eth0" in text
+    assert "Uplinks: eth0 (enslaved); configured: eth0" in text
     row = next(line for line in text.splitlines() if line.startswith("tap0"))
     assert row.split()[:3] == ["tap0", MEMBER, "web"] and "linger" in row
 
