@@ -131,6 +131,15 @@ def test_bus_users_and_journal(system: tuple[SystemdContainer, Lab]):
     assert json.loads(created.stdout)["data"][1] == "tap0"
     second = c.run("bridgectl", "create", "--linger", "--label", "vm2", user=MEMBER)
     assert second.stdout.strip() == "tap1"
+    # Bound to the shell that ran bridgectl: the unprivileged, sandboxed daemon watches
+    # another user's process through a pidfd and frees the tap when it exits.
+    bound = c.run("sh", "-c", "bridgectl create --label bound && sleep 0.3", user=MEMBER)
+    assert bound.stdout.strip() == "tap2"
+
+    def names() -> list[str]:
+        return [t["name"] for t in json.loads(c.run("bridgectl", "list", "--json").stdout)]
+
+    wait_for(lambda: names() == ["tap0", "tap1"], what="bound tap freed with its shell")
     refused = c.run("bridgectl", "create", "--linger", user=OTHER, check=False)
     assert refused.returncode == 4 and "bridged" in refused.stderr
     listed = json.loads(c.run("bridgectl", "list", "--json").stdout)
