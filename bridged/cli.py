@@ -268,9 +268,10 @@ def add_tap_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", help="a name for the VM, shown in status and logs")
     parser.add_argument("--queues", type=int, help="number of queues (multi-queue virtio-net)")
     parser.add_argument("--vlan", type=int, help="untagged VLAN (PVID) on a VLAN-filtering bridge")
-    parser.add_argument("--mtu", type=int, help="MTU of the tap (default: the bridge's)")
+    parser.add_argument("--mtu", type=int,
+                        help="MTU of the tap (default: bridge.mtu from the config, else 1500)")
     parser.add_argument("--isolated", action="store_true",
-                        help="isolate the port: it talks only to the uplink, not other taps")
+                        help="isolate the port: it reaches the uplink, not other isolated taps")
 
 
 def build_parser() -> argparse.ArgumentParser:
