@@ -260,7 +260,10 @@ async def cmd_run(client: Client, args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"bridgectl: {tap.ifname} on the bridge for {label or command[0]}, "
               f"guest MAC {mac}", file=sys.stderr, flush=True)
-    os.execvp(argv[0], argv)
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as e:  # the tap goes with our fds as we exit
+        raise ClientError("Failed", f"cannot run {argv[0]}: {e.strerror}") from None
     return EXIT_FAILED  # not reached
 
 

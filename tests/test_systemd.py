@@ -84,6 +84,7 @@ def test_installed_files_and_unit_checks(system: tuple[SystemdContainer, Lab],
                  "/usr/share/dbus-1/system.d/org.bridged.Bridged1.conf",
                  "/usr/share/dbus-1/system-services/org.bridged.Bridged1.service",
                  "/usr/share/polkit-1/actions/org.bridged.Bridged1.policy",
+                 "/usr/share/polkit-1/rules.d/bridged.rules",
                  "/etc/bridged/bridged.toml", "/usr/share/man/man8/bridged.8.gz",
                  "/usr/share/man/man1/bridgectl.1.gz", "/usr/share/man/man5/bridged.toml.5.gz"):
         assert path in files, path
