@@ -183,12 +183,14 @@ def render_event(event: dict[str, Any]) -> str:
         return f"uplink {event['uplink']}: {event['state']}"
     if kind == "DaemonGone":
         return "bridged: stopped (left the bus)"
+    if kind == "DaemonStarted":
+        return "bridged: started"
     changed = ", ".join(f"{k}={v}" for k, v in sorted(event["changed"].items()))
     return f"{event['path'].rsplit('/', 1)[-1]}: {changed}"
 
 
 async def cmd_monitor(client: Client, args: argparse.Namespace) -> int:
-    from dbus_fast import Message
+    from dbus_fast import Message, MessageType
 
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     owner: dict[str, str] = {}
@@ -200,8 +202,7 @@ async def cmd_monitor(client: Client, args: argparse.Namespace) -> int:
         if message.message_type.name != "SIGNAL":
             return
         if message.member == "NameOwnerChanged" and message.body[0] == "org.bridged.Bridged1":
-            if not message.body[2]:
-                emit({"event": "DaemonGone"})
+            emit({"event": "DaemonStarted" if message.body[2] else "DaemonGone"})
             owner["name"] = message.body[2]
             return
         if message.sender != owner.get("name"):
@@ -217,8 +218,10 @@ async def cmd_monitor(client: Client, args: argparse.Namespace) -> int:
         destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
         interface="org.freedesktop.DBus", member="GetNameOwner", signature="s",
         body=["org.bridged.Bridged1"]))
-    if reply is not None and reply.body and isinstance(reply.body[0], str):
+    if reply is not None and reply.message_type == MessageType.METHOD_RETURN:
         owner["name"] = reply.body[0]
+    else:
+        print("bridgectl: bridged is not running; waiting for it", file=sys.stderr, flush=True)
     for rule in ("type='signal',sender='org.bridged.Bridged1'",
                  "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',"
                  "arg0='org.bridged.Bridged1'"):
@@ -227,6 +230,7 @@ async def cmd_monitor(client: Client, args: argparse.Namespace) -> int:
             interface="org.freedesktop.DBus", member="AddMatch", signature="s", body=[rule]))
     client.bus.add_message_handler(on_message)  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
+
     def stop() -> None:
         if not done.done():
             done.set_result(None)

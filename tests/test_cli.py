@@ -180,6 +180,10 @@ def test_monitor_prints_events_until_interrupted(lab: Lab, bus: PrivateBus, daem
         ports = [e["changed"]["Ports"] for e in events
                  if e["event"] == "PropertiesChanged" and "Ports" in e["changed"]]
         assert ["eth0", "tap0"] in ports
+        daemon.stop()  # the daemon leaving the bus is an event too
+        while (event := json.loads(out.line()))["event"] == "PropertiesChanged":
+            pass
+        assert event == {"event": "DaemonGone"}
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(10) == 0
     finally:
