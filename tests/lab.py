@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -274,3 +275,4 @@ class Daemon:
     def close(self) -> None:
         self.stop()
         self.notify.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
