@@ -101,30 +101,28 @@ class LinkMonitor:
                     self._on_overrun()
                     continue
                 raise
-            if self._on_address is not None and self._watched is not None:
-                _address_events(data, self._on_address, self._watched())
-            for event in parse_events(data):
-                try:
-                    self._on_event(event)
-                except Exception:
-                    log.exception("link event handler failed for %s", event.link.name)
+            self._dispatch(data)
+
+    def _dispatch(self, data: bytes) -> None:
+        """One pass over a batch, in the kernel's order."""
+        watched = self._watched() if self._watched is not None else None
+        for kind, _seq, offset, length in messages(data):
+            try:
+                if kind in (RTM_NEWLINK, RTM_DELLINK):
+                    self._on_event(LinkEvent(kind == RTM_DELLINK,
+                                             decode_link(data, offset, length)))
+                elif kind in (RTM_NEWADDR, RTM_DELADDR) and self._on_address is not None \
+                        and address_index(data, offset) == watched:
+                    # Only the watched link's: every tap brings address events of its own.
+                    decoded = decode_address(data, offset, length)
+                    if decoded is not None:
+                        self._on_address(AddressEvent(kind == RTM_DELADDR, *decoded))
+            except Exception:
+                log.exception("handling netlink event (type %d) failed", kind)
 
 
 def parse_events(data: bytes) -> list[LinkEvent]:
+    """The link events in a batch (for readers of their own, like the benchmark)."""
     return [LinkEvent(removed=kind == RTM_DELLINK, link=decode_link(data, offset, length))
             for kind, _seq, offset, length in messages(data)
             if kind in (RTM_NEWLINK, RTM_DELLINK)]
-
-
-def _address_events(data: bytes, handler: Callable[[AddressEvent], None],
-                    index: int | None) -> None:
-    # Every tap brings its own (IPv6 link-local) address events: skip them unread.
-    for kind, _seq, offset, length in messages(data):
-        if kind not in (RTM_NEWADDR, RTM_DELADDR) or address_index(data, offset) != index:
-            continue
-        decoded = decode_address(data, offset, length)
-        if decoded is not None:
-            try:
-                handler(AddressEvent(kind == RTM_DELADDR, decoded[0], decoded[1]))
-            except Exception:
-                log.exception("address event handler failed")
