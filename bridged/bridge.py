@@ -42,7 +42,8 @@ class BridgeManager:
         self.state = State.STARTING
         self.bridge: Link | None = None
         # Every link in the namespace, kept from events; with indexes by name and of the
-        # uplinks, since with a thousand taps a scan per event adds up.
+        # uplinks (matched once per change of a link), since with a thousand taps a scan
+        # per event adds up.
         self._links: dict[int, Link] = {}
         self._names: dict[str, int] = {}
         self._uplink_indexes: set[int] = set()
@@ -164,6 +165,7 @@ class BridgeManager:
             # The bridge's per-port notifications: port state, not a new link.
             return
         if event.removed:
+            was_uplink = link.index in self._uplink_indexes
             self._drop(link.index)
             if self.bridge and link.index == self.bridge.index:
                 log.warning("bridge %s was deleted; recreating it", link.name,
@@ -172,7 +174,7 @@ class BridgeManager:
                 self.addresses = set()
                 self._bridge_dirty = True
                 self._wakeup.set()
-            elif self._is_uplink(link):
+            elif was_uplink:
                 self._failed_uplinks.pop(link.index, None)
                 log.warning("uplink %s disappeared", link.name,
                             extra={"INTERFACE": link.name, "BRIDGED_EVENT": "uplink-removed"})
@@ -193,7 +195,7 @@ class BridgeManager:
             self._bridge_dirty = True
             self._wakeup.set()
             return
-        if self._is_uplink(link):
+        if link.index in self._uplink_indexes:
             if self._needs_enslaving(link) and not self._gave_up_on(link):
                 if previous is None or not self._is_uplink(previous):
                     log.info("uplink %s appeared", link.name,

@@ -8,7 +8,6 @@ reason, before the daemon touches anything.
 from __future__ import annotations
 
 import fnmatch
-import functools
 import ipaddress
 import re
 import tomllib
@@ -58,16 +57,9 @@ class BridgeConfig:
     teardown_on_stop: bool = False
 
     def is_uplink(self, ifname: str, mac: str | None, perm_mac: str | None = None) -> bool:
-        return _is_uplink(self, ifname, mac, perm_mac)
-
-
-# Asked for every link on every link event; with a thousand taps on the bridge the globs
-# added up. The answer depends only on these arguments, all hashable.
-@functools.lru_cache(maxsize=4096)
-def _is_uplink(config: BridgeConfig, ifname: str, mac: str | None, perm_mac: str | None) -> bool:
-    if ifname == config.name:
-        return False
-    return any(p.matches(ifname, mac, perm_mac) for p in config.uplinks)
+        if ifname == self.name:
+            return False
+        return any(p.matches(ifname, mac, perm_mac) for p in self.uplinks)
 
 
 @dataclass(frozen=True)

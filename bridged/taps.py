@@ -283,7 +283,7 @@ class TapRegistry:
                                 f"(taps.max_total = {self.config.max_total})")
         if uid == 0:
             return
-        mine = sum(1 for t in self.taps.values() if t.owner_uid == uid) + in_flight.count(uid)
+        mine = self.count_for(uid) + in_flight.count(uid)
         if mine >= self.config.max_per_user:
             raise QuotaExceeded(f"uid {uid} already has {mine} taps "
                                 f"(taps.max_per_user = {self.config.max_per_user}); "
@@ -370,9 +370,7 @@ class TapRegistry:
                 log.error("deleting tap %s failed: %s", tap.name, e,
                           extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name})
                 return
-        log.info("tap %s removed: %s", tap.name, why,
-                 extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
-                        "BRIDGED_UID": tap.owner_uid, "BRIDGED_EVENT": "tap-removed"})
+        _log_removed(tap, why)
 
     def handle_event(self, event: LinkEvent) -> None:
         """A tap that disappears (last fd closed, deleted by root) leaves the registry."""
@@ -381,11 +379,8 @@ class TapRegistry:
         tap = self.taps.get(event.link.name)
         if tap is not None and tap.index == event.link.index:
             self._forget(tap.name)
-            reason = "its last file descriptor was closed" if not tap.persistent else \
-                "deleted outside bridged"
-            log.info("tap %s removed: %s", tap.name, reason,
-                     extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
-                            "BRIDGED_UID": tap.owner_uid, "BRIDGED_EVENT": "tap-removed"})
+            _log_removed(tap, "its last file descriptor was closed" if not tap.persistent
+                         else "deleted outside bridged")
 
     # --- restart and bridge recreation ---------------------------------------------------
 
@@ -409,7 +404,10 @@ class TapRegistry:
                 if not alive:
                     if pidfd >= 0:
                         os.close(pidfd)
-                    await self._remove_from_kernel(tap, f"client process {tap.client_pid} is gone")
+                    # On the reaper lane, not awaited: each delete takes ~16 ms in the
+                    # kernel, and a thousand dead clients would hold READY up for 16 s.
+                    self._spawn(self._remove_from_kernel(
+                        tap, f"client process {tap.client_pid} is gone"))
                     continue
                 self._register(tap, pidfd)
             else:
@@ -440,3 +438,9 @@ class TapRegistry:
     def count_for(self, uid: int) -> int:
         return sum(1 for t in self.taps.values() if t.owner_uid == uid)
 
+
+
+def _log_removed(tap: Tap, why: str) -> None:
+    log.info("tap %s removed: %s", tap.name, why,
+             extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
+                    "BRIDGED_UID": tap.owner_uid, "BRIDGED_EVENT": "tap-removed"})
