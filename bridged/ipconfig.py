@@ -84,8 +84,10 @@ class IPManager:
         if not self.manages_ip:
             return []
         added: list[IPInterface] = []
+        on_uplink: set[IPInterface] | None = None
         if self.config.mode == "migrate":
             snapshot = await self._snapshot(uplink)
+            on_uplink = set(snapshot.addresses)
             for address in snapshot.addresses:
                 if address not in self._migrated.addresses:
                     self._migrated.addresses.append(address)
@@ -98,7 +100,8 @@ class IPManager:
             return added  # the usual case after the first uplink: nothing to ask the kernel
         # An address the uplink already holds passed duplicate detection on this very
         # LAN; detecting again would leave it "tentative" (unusable) for a second or two.
-        on_uplink = {a.interface for a in await self._netlink.addresses(uplink.index)}
+        if on_uplink is None:
+            on_uplink = {a.interface for a in await self._netlink.addresses(uplink.index)}
         for address in missing:
             await self._netlink.add_address(bridge.index, address, nodad=address in on_uplink)
             added.append(address)
