@@ -1,16 +1,15 @@
-"""The bridge and its uplinks: desired state vs what the kernel reports.
+"""The bridge and its uplinks: desired state vs what the link table reports.
 
-Link events only record what was observed and mark work; one reconciler task does
-the work in order, so a burst of events (an uplink flapping, the bridge deleted while
+Link changes only record what was observed and mark work; one reconciler task does
+the work in order, so a burst of changes (an uplink flapping, the bridge deleted while
 an uplink is being enslaved) never races with itself. There is no polling: the
-reconciler sleeps until an event wakes it.
+reconciler sleeps until a change wakes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import enum
 import errno
 import logging
@@ -19,10 +18,16 @@ from collections.abc import Callable
 from bridged.config import MAC_FROM_UPLINK, BridgeConfig
 from bridged.errors import BridgeUnavailable
 from bridged.ipconfig import IPManager
-from bridged.kernel.events import AddressEvent, LinkEvent
-from bridged.kernel.netlink import AF_BRIDGE, Address, KernelError, Link, Netlink
+from bridged.kernel.events import AddressEvent
+from bridged.kernel.linktable import LinkTable
+from bridged.kernel.netlink import Address, KernelError, Link, Netlink
 
 log = logging.getLogger(__name__)
+
+# The bridge's ifalias: says bridged made it (or adopted it) and keeps where the
+# round-robin tap names go on after a restart (see TapRegistry).
+BRIDGE_MARK = "bridged:bridge"
+DEFAULT_MTU = 1500
 
 
 class State(enum.Enum):
@@ -35,23 +40,22 @@ class State(enum.Enum):
 class BridgeManager:
     """Owns one bridge: creates or adopts it, keeps its uplinks enslaved."""
 
-    def __init__(self, config: BridgeConfig, ip: IPManager, netlink: Netlink) -> None:
+    def __init__(self, config: BridgeConfig, ip: IPManager, netlink: Netlink,
+                 links: LinkTable) -> None:
         self.config = config
         self.ip = ip
         self._netlink = netlink
+        self.links = links
         self.state = State.STARTING
         self.bridge: Link | None = None
-        # Every link in the namespace, kept from events; with indexes by name and of the
-        # uplinks (matched once per change of a link), since with a thousand taps a scan
-        # per event adds up.
-        self._links: dict[int, Link] = {}
-        self._names: dict[str, int] = {}
+        # Links matching the configured uplinks, enslaved or not (matched once per
+        # change of a link: with a thousand taps a scan per event adds up).
         self._uplink_indexes: set[int] = set()
         # The bridge's addresses as the kernel reports them, whoever put them there.
         self.addresses: set[Address] = set()
         self._pending_uplinks: set[int] = set()
         self._bridge_dirty = False
-        self._resync = False
+        self._addresses_lost = False
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         # index -> master it had when enslaving failed; retried once that changes.
@@ -69,47 +73,20 @@ class BridgeManager:
 
     def ports(self) -> list[Link]:
         index = self.index
-        return sorted((link for link in self._links.values() if index and link.master == index),
+        return sorted((link for link in self.links if index and link.master == index),
                       key=lambda link: link.name)
 
     def uplinks(self) -> list[Link]:
         """Links that match the configured uplinks, enslaved or not."""
-        return sorted((self._links[i] for i in self._uplink_indexes), key=lambda link: link.name)
+        found = (self.links.get(i) for i in self._uplink_indexes)
+        return sorted((link for link in found if link is not None), key=lambda link: link.name)
 
     def enslaved_uplinks(self) -> list[Link]:
         index = self.index
         return [link for link in self.uplinks() if index and link.master == index]
 
-    def all_links(self) -> list[Link]:
-        return list(self._links.values())
-
-    def link(self, index: int) -> Link | None:
-        return self._links.get(index)
-
-    def has_link_named(self, name: str) -> bool:
-        return name in self._names
-
-    def _store(self, link: Link) -> None:
-        previous = self._links.get(link.index)
-        if previous is not None and previous.name != link.name:
-            self._names.pop(previous.name, None)
-        self._links[link.index] = link
-        self._names[link.name] = link.index
-        if self._is_uplink(link):
-            self._uplink_indexes.add(link.index)
-        else:
-            self._uplink_indexes.discard(link.index)
-
-    def _drop(self, index: int) -> None:
-        link = self._links.pop(index, None)
-        if link is not None and self._names.get(link.name) == index:
-            del self._names[link.name]
-        self._uplink_indexes.discard(index)
-
-    def _store_all(self, links: list[Link]) -> None:
-        self._links, self._names, self._uplink_indexes = {}, {}, set()
-        for link in links:
-            self._store(link)
+    def watches_addresses_of(self, index: int) -> bool:
+        return index == self.index
 
     def status_line(self) -> str:
         if self.bridge is None:
@@ -121,11 +98,26 @@ class BridgeManager:
             return f"{self.bridge.name} up, no uplink present"
         return f"{self.bridge.name} up, no uplink configured"
 
+    def saved_tap_cursor(self) -> int | None:
+        """Where tap numbering went on before a restart, from the bridge's mark."""
+        alias = self.bridge.alias if self.bridge is not None else None
+        if not alias or not alias.startswith(BRIDGE_MARK + ":next="):
+            return None
+        try:
+            return int(alias[len(BRIDGE_MARK + ":next="):])
+        except ValueError:
+            return None
+
+    async def save_tap_cursor(self, value: int) -> None:
+        if self.bridge is not None:
+            await self._netlink.set_link(self.bridge.index,
+                                         ifalias=f"{BRIDGE_MARK}:next={value}")
+
     # --- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         """Bring the bridge up and enslave what matches; raise if the bridge is unusable."""
-        self._store_all(await self._netlink.links())
+        self._match_uplinks()
         await self._ensure_bridge()
         for link in self.uplinks():
             await self._adopt_uplink(link.index)
@@ -144,69 +136,80 @@ class BridgeManager:
 
     async def reload(self, config: BridgeConfig) -> None:
         if config.name != self.config.name:
-            log.error("bridge.name changed from %s to %s: restart bridged to rename the bridge; "
-                      "keeping %s", self.config.name, config.name, self.config.name,
-                      extra={"INTERFACE": self.config.name, "BRIDGED_EVENT": "reload-refused"})
-            config = dataclasses.replace(config, name=self.config.name)
+            raise BridgeUnavailable(f"bridge.name changed from {self.config.name} to "
+                                    f"{config.name}: restart bridged to rename the bridge")
         self.config = config
-        self._store_all(list(self._links.values()))  # the uplink patterns may have changed
+        self._match_uplinks()  # the uplink patterns may have changed
         self._bridge_dirty = True
         self._pending_uplinks.update(link.index for link in self.uplinks())
         self._wakeup.set()
 
-    # --- events ------------------------------------------------------------------------
+    # --- changes -----------------------------------------------------------------------
 
-    def handle_event(self, event: LinkEvent) -> None:
-        link = event.link
-        log.debug("link event: %s %s index %d master %s up %s family %d",
-                  "del" if event.removed else "new", link.name, link.index, link.master,
-                  link.up, link.family)
-        if link.family == AF_BRIDGE:
-            # The bridge's per-port notifications: port state, not a new link.
+    def link_changed(self, old: Link | None, new: Link | None) -> None:
+        if new is None:
+            assert old is not None
+            self._link_gone(old)
             return
-        if event.removed:
-            was_uplink = link.index in self._uplink_indexes
-            self._drop(link.index)
-            if self.bridge and link.index == self.bridge.index:
-                log.warning("bridge %s was deleted; recreating it", link.name,
-                            extra={"INTERFACE": link.name, "BRIDGED_EVENT": "bridge-deleted"})
-                self.bridge = None
-                self.addresses = set()
+        index = new.index
+        was_uplink = index in self._uplink_indexes
+        if self._is_uplink(new):
+            self._uplink_indexes.add(index)
+        else:
+            self._uplink_indexes.discard(index)
+        if self.bridge is not None and index == self.bridge.index:
+            self.bridge = new
+            if not new.up:
                 self._bridge_dirty = True
                 self._wakeup.set()
-            elif was_uplink:
-                self._failed_uplinks.pop(link.index, None)
-                log.warning("uplink %s disappeared", link.name,
-                            extra={"INTERFACE": link.name, "BRIDGED_EVENT": "uplink-removed"})
-                self._uplink_changed(link.name, "removed")
-            self._update_state()
+            self._notify()
             return
-
-        previous = self._links.get(link.index)
-        self._store(link)
-        if self.bridge and link.index == self.bridge.index:
-            self.bridge = link
-            if not link.up:
-                self._bridge_dirty = True
-                self._wakeup.set()
-            return
-        if self.bridge is None and link.name == self.config.name:
+        if self.bridge is None and new.name == self.config.name:
             # Recreated by someone else before we got to it: adopt it.
             self._bridge_dirty = True
             self._wakeup.set()
             return
-        if link.index in self._uplink_indexes:
-            if self._needs_enslaving(link) and not self._gave_up_on(link):
-                if previous is None or not self._is_uplink(previous):
-                    log.info("uplink %s appeared", link.name,
-                             extra={"INTERFACE": link.name, "BRIDGED_EVENT": "uplink-appeared"})
-                self._pending_uplinks.add(link.index)
+        if index in self._uplink_indexes:
+            if self._needs_enslaving(new) and not self._gave_up_on(new):
+                if old is None or not was_uplink:
+                    log.info("uplink %s appeared", new.name,
+                             extra={"INTERFACE": new.name, "BRIDGED_EVENT": "uplink-appeared"})
+                elif self.bridge is not None and old.master == self.bridge.index:
+                    log.warning("%s was taken off %s by another process; re-enslaving it",
+                                new.name, self.bridge.name,
+                                extra={"INTERFACE": new.name,
+                                       "BRIDGED_EVENT": "uplink-taken-off"})
+                self._pending_uplinks.add(index)
                 self._wakeup.set()
             self._update_state()
-        elif previous is not None and self._is_uplink(previous):
-            log.info("%s was renamed to %s and no longer matches the uplinks", previous.name,
-                     link.name, extra={"INTERFACE": link.name, "BRIDGED_EVENT": "uplink-renamed"})
+        elif was_uplink:
+            log.info("%s was renamed to %s and no longer matches the uplinks",
+                     old.name if old else "?", new.name,
+                     extra={"INTERFACE": new.name, "BRIDGED_EVENT": "uplink-renamed"})
             self._update_state()
+        elif self.bridge is not None and (
+                (old is not None and old.master == self.bridge.index) !=
+                (new.master == self.bridge.index)):
+            self._notify()  # a port came or went
+
+    def _link_gone(self, link: Link) -> None:
+        was_uplink = link.index in self._uplink_indexes
+        self._uplink_indexes.discard(link.index)
+        if self.bridge is not None and link.index == self.bridge.index:
+            log.warning("bridge %s was deleted; recreating it", link.name,
+                        extra={"INTERFACE": link.name, "BRIDGED_EVENT": "bridge-deleted"})
+            self.bridge = None
+            self.addresses = set()
+            self._bridge_dirty = True
+            self._wakeup.set()
+        elif was_uplink:
+            self._failed_uplinks.pop(link.index, None)
+            log.warning("uplink %s disappeared", link.name,
+                        extra={"INTERFACE": link.name, "BRIDGED_EVENT": "uplink-removed"})
+            self._uplink_changed(link.name, "removed")
+        elif self.bridge is not None and link.master == self.bridge.index:
+            self._notify()  # a port went
+        self._update_state()
 
     def handle_address_event(self, event: AddressEvent) -> None:
         if self.bridge is None or event.index != self.bridge.index:
@@ -217,10 +220,9 @@ class BridgeManager:
             self.addresses.add(event.address)
         self._notify()
 
-    def handle_overrun(self) -> None:
-        """Events were lost: rebuild the picture from a dump."""
-        self._resync = True
-        self._bridge_dirty = True
+    def addresses_lost(self) -> None:
+        """Address events were lost: read the bridge's addresses again."""
+        self._addresses_lost = True
         self._wakeup.set()
 
     # --- the reconciler ----------------------------------------------------------------
@@ -236,10 +238,10 @@ class BridgeManager:
             self._update_state()
 
     async def _reconcile_once(self) -> None:
-        if self._resync:
-            self._resync = False
-            self._store_all(await self._netlink.links())
-            self._pending_uplinks.update(link.index for link in self.uplinks())
+        if self._addresses_lost and self.bridge is not None:
+            self._addresses_lost = False
+            self.addresses = set(await self._netlink.addresses(self.bridge.index))
+            self._notify()
         if self._bridge_dirty:
             self._bridge_dirty = False
             try:
@@ -257,6 +259,14 @@ class BridgeManager:
                 # Typically the link vanished mid-way (hotplug); its events say what next.
                 log.warning("adopting uplink %d failed: %s", index, e,
                             extra={"BRIDGED_EVENT": "uplink-failed"})
+
+    def _desired_mtu(self) -> int:
+        """The bridge's MTU, always set explicitly: the kernel otherwise gives a bridge the
+        smallest MTU of its ports, and a tap's would then lower the host's."""
+        if self.config.mtu is not None:
+            return self.config.mtu
+        uplinks = self.enslaved_uplinks() or self.uplinks()
+        return uplinks[0].mtu if uplinks else DEFAULT_MTU
 
     async def _ensure_bridge(self) -> None:
         cfg = self.config
@@ -276,11 +286,11 @@ class BridgeManager:
             if self.bridge is None:
                 log.info("bridge %s adopted", cfg.name,
                          extra={"INTERFACE": cfg.name, "BRIDGED_EVENT": "bridge-adopted"})
-        changes: dict[str, object] = {"state": "up"}
-        if cfg.mtu is not None:
-            changes["mtu"] = cfg.mtu
+        changes: dict[str, object] = {"state": "up", "mtu": self._desired_mtu()}
         if cfg.mac not in (None, MAC_FROM_UPLINK):
             changes["address"] = cfg.mac
+        if not (link.alias or "").startswith(BRIDGE_MARK):
+            changes["ifalias"] = BRIDGE_MARK
         await self._netlink.set_link(link.index, **changes)
         refreshed = await self._netlink.link(index=link.index)
         if refreshed is None:
@@ -297,8 +307,8 @@ class BridgeManager:
     async def _adopt_uplink(self, index: int) -> None:
         """Enslave one uplink, moving its IP configuration in the safe order.
 
-        ``self._links`` is written only from events and dumps: a link can vanish at
-        any await below, and a stale write here would resurrect it.
+        The link table is written only from events and dumps: a link can vanish at any
+        await below, and a stale write here would resurrect it.
         """
         bridge = self.bridge
         link = await self._netlink.link(index=index)
@@ -323,6 +333,11 @@ class BridgeManager:
             self._uplink_changed(link.name, "failed")
             return
         self._failed_uplinks.pop(index, None)
+        if self.config.mtu is None and not any(u.index != index
+                                               for u in self.enslaved_uplinks()):
+            # The first uplink sets the pace: its MTU, pinned on the bridge.
+            with contextlib.suppress(KernelError):
+                await self._netlink.set_link(bridge.index, mtu=link.mtu)
         log.info("uplink %s enslaved to %s", link.name, bridge.name,
                  extra={"INTERFACE": link.name, "BRIDGED_EVENT": "uplink-enslaved",
                         "BRIDGED_BRIDGE": bridge.name})
@@ -358,6 +373,9 @@ class BridgeManager:
 
     # --- helpers -----------------------------------------------------------------------
 
+    def _match_uplinks(self) -> None:
+        self._uplink_indexes = {link.index for link in self.links if self._is_uplink(link)}
+
     def _is_uplink(self, link: Link) -> bool:
         return self.config.is_uplink(link.name, link.address, link.perm_address)
 
@@ -390,3 +408,4 @@ class BridgeManager:
     def _notify(self) -> None:
         for listener in self.on_change:
             listener()
+

@@ -13,16 +13,19 @@ from typing import Any
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-BUS_NAME = "org.bridged.Bridged1"
-ROOT_PATH = "/org/bridged/Bridged1"
-MANAGER = "org.bridged.Bridged1.Manager"
-BRIDGE = "org.bridged.Bridged1.Bridge"
-TAP = "org.bridged.Bridged1.Tap"
-ERROR_PREFIX = "org.bridged.Bridged1.Error."
+from bridged.api import (
+    BRIDGE,
+    BUS_NAME,
+    ERROR_PREFIX,
+    MANAGER,
+    OBJECT_MANAGER,
+    PROPERTIES,
+    ROOT_PATH,
+    TAP,
+    TAP_OPTIONS,
+)
 
-# D-Bus signature of every OpenTap/CreateTap option (DESIGN.md).
-OPTION_SIGNATURES = {"name": "s", "label": "s", "queues": "u", "vnet_hdr": "b", "mtu": "u",
-                     "vlan": "q", "isolated": "b", "linger": "b", "pid": "u"}
+__all__ = ["BRIDGE", "MANAGER", "TAP", "Client", "ClientError", "OpenedTap", "unwrap"]
 
 # The most fds Linux passes in one message (SCM_MAX_FD).
 _MAX_FDS = 253
@@ -70,7 +73,7 @@ def unwrap(value: Any) -> Any:
 
 
 def tap_options(options: dict[str, Any]) -> dict[str, Variant]:
-    return {key: Variant(OPTION_SIGNATURES[key], value) for key, value in options.items()
+    return {key: Variant(TAP_OPTIONS[key], value) for key, value in options.items()
             if value is not None}
 
 
@@ -135,11 +138,9 @@ class Client:
 
     async def objects(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Every object the daemon exports: path -> interface -> properties."""
-        reply = await self.call(ROOT_PATH, "org.freedesktop.DBus.ObjectManager",
-                                "GetManagedObjects")
+        reply = await self.call(ROOT_PATH, OBJECT_MANAGER, "GetManagedObjects")
         return unwrap(reply.body[0])  # type: ignore[no-any-return]
 
     async def manager_properties(self) -> dict[str, Any]:
-        reply = await self.call(ROOT_PATH, "org.freedesktop.DBus.Properties", "GetAll", "s",
-                                [MANAGER])
+        reply = await self.call(ROOT_PATH, PROPERTIES, "GetAll", "s", [MANAGER])
         return unwrap(reply.body[0])  # type: ignore[no-any-return]

@@ -17,14 +17,15 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
 from bridged import __version__, journal, udev
+from bridged.api import BUS_NAME
 from bridged.auth import Authorizer
 from bridged.bridge import BridgeManager, State
-from bridged.bus.interfaces import BUS_NAME
 from bridged.bus.service import BusService, NameTaken, bus_address_from_env
 from bridged.config import DEFAULT_PATH, Config, load
 from bridged.errors import BridgeUnavailable, ConfigError
 from bridged.ipconfig import IPManager
-from bridged.kernel.events import LinkEvent, LinkMonitor
+from bridged.kernel.events import LinkMonitor
+from bridged.kernel.linktable import LinkTable
 from bridged.kernel.netlink import KernelError, Netlink
 from bridged.notify import Notifier
 from bridged.resolved import set_link_dns
@@ -45,13 +46,19 @@ class Daemon:
         self.notifier = Notifier()
         self.netlink = Netlink("netlink")
         self.reaper = Netlink("reaper")
+        # The one picture of the links; the bridge manager and the tap registry both
+        # read it and hear of its changes, wired here and nowhere else.
+        self.links = LinkTable(self.netlink.links)
         self.ip = IPManager(config.ip, self.netlink)
-        self.bridge = BridgeManager(config.bridge, self.ip, self.netlink)
+        self.bridge = BridgeManager(config.bridge, self.ip, self.netlink, self.links)
         self.authorizer = Authorizer(config.taps, config.auth, self._polkit_allows)
         self.taps = TapRegistry(config.taps, self.bridge, self.authorizer, self.netlink,
-                                self.reaper)
-        self.monitor = LinkMonitor(self._link_event, self.bridge.handle_overrun,
-                                   self.bridge.handle_address_event, lambda: self.bridge.index)
+                                self.reaper, self.links)
+        self.links.subscribe(self.bridge.link_changed)
+        self.links.subscribe(self.taps.link_changed)
+        self.monitor = LinkMonitor(self.links.event, self._events_lost,
+                                   self.bridge.handle_address_event,
+                                   self.bridge.watches_addresses_of)
         self.service: BusService | None = None
         self._stop = asyncio.Event()
         self._reloading: asyncio.Task[None] | None = None
@@ -63,9 +70,9 @@ class Daemon:
     def bus(self) -> MessageBus | None:
         return self.service.bus if self.service else None
 
-    def _link_event(self, event: LinkEvent) -> None:
-        self.bridge.handle_event(event)
-        self.taps.handle_event(event)
+    def _events_lost(self) -> None:
+        self.links.overrun()
+        self.bridge.addresses_lost()
 
     async def _polkit_allows(self, sender: str, action: str) -> bool:
         return self.service is not None and await self.service.polkit_allows(sender, action)
@@ -92,6 +99,7 @@ class Daemon:
         if self.args.udev_rules:
             udev.write(self.args.udev_rules, self.config)
         try:
+            await self.links.sync()
             await self.bridge.start()
         except BridgeUnavailable as e:
             log.error("%s", e, extra={"BRIDGED_EVENT": "start-failed"})
@@ -100,10 +108,11 @@ class Daemon:
             log.error("cannot set up bridge %s: %s", self.config.bridge.name, e,
                       extra={"BRIDGED_EVENT": "start-failed"})
             return EX_UNAVAILABLE
-        await self.taps.adopt_existing()
+        self.taps.adopt()
+        self.taps.start()
         if not self.args.no_bus:
             self.service = BusService(bus_address_from_env(self.args.bus_address),
-                                      self.bridge, self.taps)
+                                      self.bridge, self.taps, lambda: self.bridge.state.value)
             try:
                 await self.service.start()
             except (OSError, NameTaken, DBusError) as e:
@@ -111,6 +120,10 @@ class Daemon:
                           extra={"BRIDGED_EVENT": "start-failed"})
                 return EX_UNAVAILABLE
             self._bus_watch = asyncio.create_task(self._watch_bus())
+            self.taps.on_added.append(self.service.tap_added)
+            self.taps.on_removed.append(self.service.tap_removed)
+            self.bridge.on_change.append(self.service.properties_changed)
+            self.bridge.on_uplink_changed.append(self.service.uplink_changed)
         await self._apply_dns()
         self.bridge.on_change.append(self._status_changed)
         self.taps.on_added.append(lambda _tap: self._status_changed())
@@ -130,6 +143,7 @@ class Daemon:
         if self._reloading is not None:
             await self._reloading
         await self.bridge.stop()
+        await self.taps.stop()
         if self.service is not None:
             self.service.stop()
         self.monitor.stop()
@@ -158,25 +172,52 @@ class Daemon:
             self._reloading = asyncio.create_task(self._reload())
 
     async def _reload(self) -> None:
+        """All or nothing: the new file is read and checked in full before anything is
+        applied, and READY=1 follows RELOADING=1 whatever happens."""
         self.notifier.reloading()
         try:
-            new = load(self.config.path)
-        except ConfigError as e:
-            log.error("reload failed, keeping the running configuration: %s", e,
-                      extra={"BRIDGED_EVENT": "reload-failed", "CONFIG_FILE": e.path})
+            await self._apply_new_config()
+        finally:
             self.notifier.ready(self.status_line())
+
+    async def _apply_new_config(self) -> None:
+        loop = asyncio.get_running_loop()
+        old = self.config
+        try:
+            # Off the loop: the path may name something slow to read.
+            new = await loop.run_in_executor(None, load, old.path)
+            if new.bridge.name != old.bridge.name:
+                raise ConfigError(new.path, "bridge.name",
+                                  f"changed from {old.bridge.name} to {new.bridge.name}: "
+                                  "restart bridged to rename the bridge")
+        except ConfigError as e:
+            log.error("reload refused, keeping the running configuration: %s", e,
+                      extra={"BRIDGED_EVENT": "reload-failed", "CONFIG_FILE": e.path})
             return
-        self.config = new
-        if self.args.udev_rules:
-            udev.write(self.args.udev_rules, new)
-        self.taps.config = new.taps
-        self.authorizer.taps, self.authorizer.auth = new.taps, new.auth
-        await self.ip.reload(new.ip, self.bridge.bridge)
-        await self.bridge.reload(new.bridge)
-        await self._apply_dns()
+        try:
+            await self._apply(new)
+        except Exception as e:
+            log.error("applying %s failed (%s); putting the previous configuration back",
+                      new.path, e, exc_info=not isinstance(e, (KernelError, BridgeUnavailable)),
+                      extra={"BRIDGED_EVENT": "reload-failed", "CONFIG_FILE": new.path})
+            try:
+                await self._apply(old)
+            except Exception:
+                log.exception("restoring the previous configuration failed",
+                              extra={"BRIDGED_EVENT": "reload-restore-failed"})
+            return
         log.info("configuration reloaded from %s", new.path,
                  extra={"BRIDGED_EVENT": "reloaded", "CONFIG_FILE": new.path})
-        self.notifier.ready(self.status_line())
+
+    async def _apply(self, config: Config) -> None:
+        self.config = config
+        if self.args.udev_rules:
+            udev.write(self.args.udev_rules, config)
+        self.taps.config = config.taps
+        self.authorizer.taps, self.authorizer.auth = config.taps, config.auth
+        await self.ip.reload(config.ip, self.bridge.bridge)
+        await self.bridge.reload(config.bridge)
+        await self._apply_dns()
 
     async def _apply_dns(self) -> None:
         bridge = self.bridge.bridge

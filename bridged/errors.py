@@ -4,7 +4,7 @@ Each class carries its D-Bus error name, so the bus layer maps an exception to a
 reply without parsing messages back out of strings.
 """
 
-ERROR_PREFIX = "org.bridged.Bridged1.Error."
+from bridged.api import ERROR_PREFIX
 
 
 class BridgedError(Exception):

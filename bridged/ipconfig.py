@@ -151,16 +151,19 @@ class IPManager:
                             uplink.name, e)
 
     async def reload(self, new: IPConfig, bridge: Link | None) -> None:
-        """Apply a changed [ip] section: add what is new, remove what is gone."""
+        """Apply a changed [ip] section: add what is new, remove what is gone.
+
+        Mode "none" hands the bridge's addresses to another tool: switching to it
+        removes nothing, whatever bridged had put there.
+        """
         old_addresses = set(self.desired_addresses())
         old_routes = self.desired_routes()
         if new.mode != self.config.mode:
             self._migrated = UplinkSnapshot()
         self.config = new
-        if bridge is None:
+        if bridge is None or not self.manages_ip:
             return
-        if self.manages_ip:
-            await self.apply_to_bridge(bridge)
+        await self.apply_to_bridge(bridge)
         keep = set(self.desired_addresses())
         for address in old_addresses - keep:
             await self._netlink.delete_address(bridge.index, address)

@@ -48,12 +48,27 @@ class JournalHandler(logging.Handler):
             self.handleError(record)
 
 
+def one_line(text: str) -> str:
+    """Text a user may have chosen (a label, a name), unable to break a log line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
+def _quoted(value: str) -> str:
+    """A field value that cannot pass for more fields: quoted when it has to be."""
+    value = one_line(value)
+    if value and not any(c in value for c in ' ="\\[]'):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 class ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        text = f"{record.levelname.lower()}: {record.getMessage()}"
+        text = f"{record.levelname.lower()}: {one_line(record.getMessage())}"
         fields = _fields(record)
         if fields:
-            text += "  [" + " ".join(f"{k}={v}" for k, v in sorted(fields.items())) + "]"
+            text += "  [" + " ".join(f"{k}={_quoted(v)}" for k, v in sorted(fields.items())) \
+                + "]"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text

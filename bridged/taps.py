@@ -5,6 +5,10 @@ Ownership lives in the kernel with the device, in its ifalias
 with SIGKILL and started again knows every tap it made, frees those whose client is
 gone (comparing the process start time, so a reused PID does not fool it), and never
 deletes a tap that a live VM still holds.
+
+What the registry believes about a tap's existence comes from the link table: a tap
+whose link goes (its last fd closed, deleted by root) leaves the registry; a tap taken
+off the bridge, or set down, by another tool is put back.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import secrets
 import select
 import time
@@ -21,9 +26,10 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridged import api
 from bridged.auth import Authorizer, Caller
 from bridged.bridge import BridgeManager
-from bridged.config import IFNAME_RE, TapsConfig
+from bridged.config import TapsConfig
 from bridged.errors import (
     BridgeUnavailable,
     Failed,
@@ -32,15 +38,29 @@ from bridged.errors import (
     NoSuchTap,
     QuotaExceeded,
 )
-from bridged.kernel.events import LinkEvent
-from bridged.kernel.netlink import AF_BRIDGE, KernelError, Link, Netlink, TapSpec
+from bridged.kernel import tun
+from bridged.kernel.linktable import LinkTable
+from bridged.kernel.netlink import KernelError, Link, Netlink, TapSpec
 
 log = logging.getLogger(__name__)
 
 ALIAS_PREFIX = "bridged:"
 # dbus-daemon passes at most 16 fds in one message by default.
 MAX_QUEUES = 16
-MAX_LABEL = 64
+# A label is text its user chose: shown in status and logs, kept in the ifalias (255
+# bytes in all, the rest of which bridged needs). Printable UTF-8, nothing else.
+MAX_LABEL_CHARS = 64
+MAX_LABEL_BYTES = 96
+# IPv4's minimum, and the most a tun/tap device takes (65535 less the Ethernet header).
+TAP_MTU_MIN, TAP_MTU_MAX = 68, 65521
+# The kernel's PID_MAX_LIMIT: no pid is larger.
+PID_MAX = 4194304
+# Tap numbers run 0..9999 and wrap (the prefix leaves room for four digits).
+NAME_NUMBERS = 10000
+# How far ahead the bridge's mark keeps the next number after a restart: it is written
+# once per this many names, so restarted numbering never reuses a recent one.
+CURSOR_BLOCK = 32
+TAP_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
 @dataclass
@@ -67,14 +87,18 @@ class Tap:
 
 
 def tap_from_alias(link: Link) -> Tap | None:
-    """Rebuild a Tap from the ifalias bridged wrote; None if it is not ours."""
+    """Rebuild a Tap from the ifalias bridged wrote; None if it is not (readably) ours.
+
+    Whatever the alias holds, this returns: an odd alias must never stop a start.
+    """
     if not link.alias or not link.alias.startswith(ALIAS_PREFIX):
         return None
     head, _, label = link.alias[len(ALIAS_PREFIX):].partition(":label=")
     try:
         fields = dict(part.split("=", 1) for part in head.split(":"))
-        return Tap(
-            name=link.name, index=link.index, owner_uid=int(fields["uid"]), label=label,
+        tap = Tap(
+            name=link.name, index=link.index, owner_uid=int(fields["uid"]),
+            label=label if _label_ok(label) else "",
             client_pid=int(fields["pid"]), client_start=int(fields["start"]),
             persistent=fields["p"] == "1", queues=int(fields["q"]),
             vnet_hdr=fields["vh"] == "1", mtu=link.mtu, vlan=int(fields["vlan"]),
@@ -82,6 +106,11 @@ def tap_from_alias(link: Link) -> Tap | None:
         )
     except (KeyError, ValueError):
         return None
+    if not (0 <= tap.owner_uid < 2**32 and 0 <= tap.client_pid <= PID_MAX
+            and 1 <= tap.queues <= MAX_QUEUES and 0 <= tap.vlan <= 4094
+            and 0 <= tap.created_at_us < 2**64 and tap.client_start >= 0):
+        return None
+    return tap
 
 
 # --- request options -------------------------------------------------------------------
@@ -100,37 +129,38 @@ class TapRequest:
     pid: int | None = None
 
 
-# option -> (D-Bus signature, TapRequest field)
-OPTION_TYPES = {
-    "name": "s", "label": "s", "queues": "u", "vnet_hdr": "b", "mtu": "u", "vlan": "q",
-    "isolated": "b", "linger": "b", "pid": "u",
-}
-CREATE_ONLY = ("linger", "pid")
+def _label_ok(label: str) -> bool:
+    return (label.isprintable() and len(label) <= MAX_LABEL_CHARS
+            and len(label.encode()) <= MAX_LABEL_BYTES)
 
 
 def parse_options(options: dict[str, tuple[str, Any]], persistent: bool) -> TapRequest:
     """Check a{sv} options (key -> (signature, value)); unknown or mistyped keys fail."""
     values: dict[str, Any] = {}
     for key, (signature, value) in options.items():
-        expected = OPTION_TYPES.get(key)
+        expected = api.TAP_OPTIONS.get(key)
         if expected is None:
-            raise InvalidArgument(f"unknown option {key!r}; known: {', '.join(OPTION_TYPES)}")
+            raise InvalidArgument(f"unknown option {key!r}; known: {', '.join(api.TAP_OPTIONS)}")
         if signature != expected:
             raise InvalidArgument(f"option {key!r} must have type '{expected}', "
                                   f"got '{signature}'")
-        if key in CREATE_ONLY and not persistent:
+        if key in api.CREATE_ONLY and not persistent:
             raise InvalidArgument(f"option {key!r} applies to CreateTap only: an OpenTap "
                                   "tap lives exactly as long as its file descriptors")
         values[key] = value
     request = TapRequest(**values)
     if not 1 <= request.queues <= MAX_QUEUES:
         raise InvalidArgument(f"queues must be between 1 and {MAX_QUEUES}")
-    if request.mtu is not None and not 68 <= request.mtu <= 65535:
-        raise InvalidArgument("mtu must be between 68 and 65535")
+    if request.mtu is not None and not TAP_MTU_MIN <= request.mtu <= TAP_MTU_MAX:
+        raise InvalidArgument(f"mtu must be between {TAP_MTU_MIN} and {TAP_MTU_MAX} "
+                              "(what a tap device takes)")
     if request.vlan is not None and not 1 <= request.vlan <= 4094:
         raise InvalidArgument("vlan must be between 1 and 4094")
-    if len(request.label) > MAX_LABEL or not request.label.isprintable():
-        raise InvalidArgument(f"label must be at most {MAX_LABEL} printable characters")
+    if not _label_ok(request.label):
+        raise InvalidArgument(f"label must be at most {MAX_LABEL_CHARS} printable characters "
+                              f"({MAX_LABEL_BYTES} bytes of UTF-8)")
+    if request.pid is not None and not 1 <= request.pid <= PID_MAX:
+        raise InvalidArgument(f"pid must be a process id (1 to {PID_MAX})")
     if request.linger and request.pid is not None:
         raise InvalidArgument("options 'linger' and 'pid' exclude each other")
     return request
@@ -140,7 +170,7 @@ def check_requested_name(name: str, prefix: str) -> None:
     if not name.startswith(prefix):
         raise InvalidArgument(f"tap names must start with {prefix!r}: bridged only touches "
                               f"interfaces it creates")
-    if not IFNAME_RE.match(name) or len(name.encode()) > 15:
+    if not TAP_NAME_RE.fullmatch(name):
         raise InvalidArgument(f"{name!r} is not a valid tap name: at most 15 characters of "
                               "A-Z, a-z, 0-9, '_', '.', '-'")
 
@@ -156,9 +186,9 @@ def process_start_time(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
-    except OSError:
+        return int(stat.rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
         return None
-    return int(stat.rpartition(")")[2].split()[19])
 
 
 def process_uid(pid: int) -> int | None:
@@ -167,25 +197,73 @@ def process_uid(pid: int) -> int | None:
             for line in f:
                 if line.startswith("Uid:"):
                     return int(line.split()[1])
-    except OSError:
+    except (OSError, ValueError, IndexError):
         return None
     return None
 
 
+class Reaper:
+    """Deletes links on a lane of its own, all that are waiting in one go.
+
+    A delete blocks ~16 ms inside the kernel whatever the number of links (it waits for
+    the network stack to let go of them), so sixty-four releases at once cost one wait,
+    not sixty-four in a row.
+    """
+
+    def __init__(self, netlink: Netlink) -> None:
+        self._netlink = netlink
+        self._waiting: list[tuple[int, asyncio.Future[None]]] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    async def delete(self, index: int) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((index, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+        await future
+
+    async def _work(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                errors = await self._netlink.delete_links([index for index, _ in batch])
+            except Exception as e:  # the lane itself failed: every waiter hears why
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for (index, future), error in zip(batch, errors, strict=True):
+                if future.done():
+                    continue
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(KernelError(error, f"delete link {index}"))
+
+
 class TapRegistry:
     def __init__(self, config: TapsConfig, bridge: BridgeManager, authorizer: Authorizer,
-                 netlink: Netlink, reaper: Netlink) -> None:
+                 netlink: Netlink, reaper: Netlink, links: LinkTable) -> None:
         self.config = config
         self._bridge = bridge
         self._auth = authorizer
         self._netlink = netlink
-        # Deleting a tap blocks ~16 ms in the kernel: a lane of its own, so creates and
-        # every other request go on meanwhile.
-        self._reaper = reaper
+        self._links = links
+        # Deleting a tap blocks in the kernel: a lane of its own, so creates and every
+        # other request go on meanwhile.
+        self._reaper = Reaper(reaper)
         self.taps: dict[str, Tap] = {}
+        self._by_index: dict[int, Tap] = {}
         self._reserved: dict[str, int] = {}  # names being created -> owner uid
-        self._pidfds: dict[str, int] = {}
-        self._free_hint = 0  # no tap number below this one is free
+        # Links removed while creations were under way (their removal may be the news of
+        # a tap not registered yet).
+        self._gone_while_creating: set[int] = set()
+        self._pidfds: dict[int, int] = {}  # tap index -> pidfd of its client
+        self._cursor = 0  # the next tap number to try (round-robin)
+        self._saved_cursor: int | None = None  # what the bridge's mark says
+        self._to_attach: set[int] = set()
+        self._attach_wakeup = asyncio.Event()
+        self._attacher: asyncio.Task[None] | None = None
         self.on_added: list[Callable[[Tap], None]] = []
         self.on_removed: list[Callable[[Tap], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -232,9 +310,11 @@ class TapRegistry:
                 bridge.index):
             raise InvalidArgument(f"option 'vlan' needs VLAN filtering on {bridge.name} "
                                   f"(ip link set {bridge.name} type bridge vlan_filtering 1)")
-        name = self._reserve_name(request.name, caller.uid)
+        name, save_cursor = self._reserve_name(request.name, caller.uid)
         pidfd = -1
         try:
+            if save_cursor is not None:
+                await self._bridge.save_tap_cursor(save_cursor)
             client_start = 0
             if client_pid:
                 pidfd, client_start = self._open_pidfd(client_pid)
@@ -247,12 +327,12 @@ class TapRegistry:
                            alias=tap.alias(), queues=request.queues,
                            vnet_hdr=request.vnet_hdr,
                            persistent_owner=caller.uid if persistent else None,
-                           mtu=request.mtu or self._bridge.config.mtu, vlan=request.vlan,
+                           mtu=request.mtu or bridge.mtu, vlan=request.vlan,
                            isolated=request.isolated)
             try:
                 link, fds = await self._netlink.create_tap(spec)
             except KernelError as e:
-                if e.errno == errno.EEXIST or e.errno == errno.EBUSY:
+                if e.errno in (errno.EEXIST, errno.EBUSY):
                     raise NameInUse(f"{name} already exists") from None
                 log.error("creating tap %s failed: %s", name, e,
                           extra={"BRIDGED_TAP": name, "BRIDGED_UID": caller.uid})
@@ -261,12 +341,21 @@ class TapRegistry:
         except BaseException:
             if pidfd >= 0:
                 os.close(pidfd)
-            self._number_free(name)
             raise
         finally:
             self._reserved.pop(name, None)
+        gone = self._gone_while_creating
+        if not self._reserved:
+            self._gone_while_creating = set()
         tap.index = link.index
         tap.mtu = link.mtu
+        if link.index in gone:
+            # Deleted by someone in the instant between its creation and now: its removal
+            # came before it could be registered, so it must not be registered at all.
+            if pidfd >= 0:
+                os.close(pidfd)
+            tun.close_all(fds)
+            raise Failed(f"{name} was deleted by another process as it was created")
         self._register(tap, pidfd)
         log.info("tap %s created for uid %d%s", name, caller.uid,
                  f" ({request.label})" if request.label else "",
@@ -287,34 +376,50 @@ class TapRegistry:
         if mine >= self.config.max_per_user:
             raise QuotaExceeded(f"uid {uid} already has {mine} taps "
                                 f"(taps.max_per_user = {self.config.max_per_user}); "
-                                "release one with ReleaseTap")
+                                "free one with 'bridgectl release TAP'")
 
     def _taken(self, name: str) -> bool:
-        return self._bridge.has_link_named(name) or name in self._reserved or name in self.taps
+        return self._links.by_name(name) is not None or name in self._reserved or \
+            name in self.taps
 
-    def _reserve_name(self, requested: str | None, uid: int) -> str:
+    def _reserve_name(self, requested: str | None, uid: int) -> tuple[str, int | None]:
+        """A name for a new tap, and where the bridge's mark must move first (or None).
+
+        Numbers go round-robin from where the last one was handed out, so a name that
+        was just freed is not handed out again soon: a client that retries
+        ReleaseTap(name) after a lost reply must not hit somebody's new tap.
+        """
         if requested is not None:
             check_requested_name(requested, self.config.prefix)
             if self._taken(requested):
                 raise NameInUse(f"{requested} already exists; pick another name or omit "
                                 "'name' to get a free one")
-            name = requested
-        else:
-            # The lowest free number. Every number below the hint is in use (the hint
-            # drops when one of our taps goes), so the search starts there, not at 0.
-            number = self._free_hint
-            while self._taken(f"{self.config.prefix}{number}"):
-                number += 1
+            self._reserved[requested] = uid
+            return requested, None
+        for step in range(NAME_NUMBERS):
+            number = (self._cursor + step) % NAME_NUMBERS
             name = f"{self.config.prefix}{number}"
-            self._free_hint = number + 1
+            if not self._taken(name):
+                break
+        else:
+            raise QuotaExceeded(f"no free tap name {self.config.prefix}0.."
+                                f"{self.config.prefix}{NAME_NUMBERS - 1}")
+        self._cursor = (number + 1) % NAME_NUMBERS
         self._reserved[name] = uid
-        return name
+        save = None
+        ahead = None if self._saved_cursor is None else \
+            (self._saved_cursor - number) % NAME_NUMBERS
+        if ahead is None or ahead == 0 or ahead > CURSOR_BLOCK:
+            save = self._saved_cursor = (number + CURSOR_BLOCK) % NAME_NUMBERS
+        return name, save
 
     def _open_pidfd(self, pid: int) -> tuple[int, int]:
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
             raise InvalidArgument(f"process {pid} has already exited") from None
+        except OSError as e:
+            raise InvalidArgument(f"cannot watch process {pid}: {e.strerror}") from None
         start = process_start_time(pid)
         if start is None:
             os.close(pidfd)
@@ -325,46 +430,45 @@ class TapRegistry:
 
     def _register(self, tap: Tap, pidfd: int) -> None:
         self.taps[tap.name] = tap
+        self._by_index[tap.index] = tap
         if pidfd >= 0:
-            self._pidfds[tap.name] = pidfd
-            asyncio.get_running_loop().add_reader(pidfd, self._client_exited, tap.name)
+            self._pidfds[tap.index] = pidfd
+            asyncio.get_running_loop().add_reader(pidfd, self._client_exited, tap.index)
         for listener in self.on_added:
             listener(tap)
 
-    def _number_free(self, name: str) -> None:
-        number = name[len(self.config.prefix):]
-        if name.startswith(self.config.prefix) and number.isdigit():
-            self._free_hint = min(self._free_hint, int(number))
-
-    def _forget(self, name: str) -> Tap | None:
-        self._number_free(name)
-        tap = self.taps.pop(name, None)
-        pidfd = self._pidfds.pop(name, None)
+    def _forget(self, tap: Tap) -> bool:
+        """Take ``tap`` out of the registry; False if it was not (or no longer) in it."""
+        if self._by_index.get(tap.index) is not tap:
+            return False
+        del self._by_index[tap.index]
+        if self.taps.get(tap.name) is tap:
+            del self.taps[tap.name]
+        self._to_attach.discard(tap.index)
+        pidfd = self._pidfds.pop(tap.index, None)
         if pidfd is not None:
             asyncio.get_running_loop().remove_reader(pidfd)
             os.close(pidfd)
-        if tap is not None:
-            for listener in self.on_removed:
-                listener(tap)
-        return tap
+        for listener in self.on_removed:
+            listener(tap)
+        return True
 
-    def _client_exited(self, name: str) -> None:
-        tap = self.taps.get(name)
-        pidfd = self._pidfds.get(name)
+    def _client_exited(self, index: int) -> None:
+        tap = self._by_index.get(index)
+        pidfd = self._pidfds.get(index)
         if pidfd is not None:
             asyncio.get_running_loop().remove_reader(pidfd)
         if tap is not None:
             self._spawn(self._delete(tap, f"client process {tap.client_pid} exited"))
 
     async def _delete(self, tap: Tap, why: str) -> None:
-        if self.taps.get(tap.name) is not tap:
+        if not self._forget(tap):
             return
-        self._forget(tap.name)
         await self._remove_from_kernel(tap, why)
 
     async def _remove_from_kernel(self, tap: Tap, why: str) -> None:
         try:
-            await self._reaper.delete_link(tap.index)
+            await self._reaper.delete(tap.index)
         except KernelError as e:
             if e.errno != errno.ENODEV:
                 log.error("deleting tap %s failed: %s", tap.name, e,
@@ -372,62 +476,157 @@ class TapRegistry:
                 return
         _log_removed(tap, why)
 
-    def handle_event(self, event: LinkEvent) -> None:
-        """A tap that disappears (last fd closed, deleted by root) leaves the registry."""
-        if not event.removed or event.link.family == AF_BRIDGE:
+    def link_changed(self, old: Link | None, new: Link | None) -> None:
+        """The link table's news about our taps: gone, renamed, taken off the bridge."""
+        if new is None:
+            assert old is not None
+            if self._reserved:
+                self._gone_while_creating.add(old.index)
+            tap = self._by_index.get(old.index)
+            if tap is not None and self._forget(tap):
+                _log_removed(tap, "deleted outside bridged" if tap.persistent
+                             else "its last file descriptor was closed")
             return
-        tap = self.taps.get(event.link.name)
-        if tap is not None and tap.index == event.link.index:
-            self._forget(tap.name)
-            _log_removed(tap, "its last file descriptor was closed" if not tap.persistent
-                         else "deleted outside bridged")
+        tap = self._by_index.get(new.index)
+        if tap is None:
+            return
+        if new.name != tap.name:
+            # Renamed by someone: the registry follows the kernel's name.
+            log.warning("tap %s was renamed to %s by another process", tap.name, new.name,
+                        extra={"INTERFACE": new.name, "BRIDGED_TAP": new.name,
+                               "BRIDGED_EVENT": "tap-renamed"})
+            self._forget_keep_pidfd(tap)
+            tap.name = new.name
+            self._register_again(tap)
+        bridge = self._bridge.index
+        if bridge is not None and (new.master != bridge or not new.up):
+            if old is not None and old.master == bridge and new.master != bridge:
+                log.warning("tap %s was taken off %s by another process; putting it back",
+                            tap.name, self._bridge.config.name,
+                            extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
+                                   "BRIDGED_EVENT": "tap-taken-off"})
+            self._attach_soon(tap.index)
 
-    # --- restart and bridge recreation ---------------------------------------------------
+    def _forget_keep_pidfd(self, tap: Tap) -> None:
+        if self.taps.get(tap.name) is tap:
+            del self.taps[tap.name]
+        for listener in self.on_removed:
+            listener(tap)
 
-    async def adopt_existing(self) -> None:
-        """After a restart: take back our taps, free those whose client is gone."""
-        bridge = self._bridge.bridge
-        for link in self._bridge.all_links():
+    def _register_again(self, tap: Tap) -> None:
+        self.taps[tap.name] = tap
+        for listener in self.on_added:
+            listener(tap)
+
+    # --- keeping taps on the bridge ---------------------------------------------------------
+
+    def start(self) -> None:
+        self._attacher = asyncio.get_running_loop().create_task(self._attach_forever())
+
+    async def stop(self) -> None:
+        if self._attacher is not None:
+            self._attacher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._attacher
+
+    def _attach_soon(self, index: int) -> None:
+        self._to_attach.add(index)
+        self._attach_wakeup.set()
+
+    async def _attach_forever(self) -> None:
+        while True:
+            await self._attach_wakeup.wait()
+            self._attach_wakeup.clear()
+            while self._to_attach:
+                index = self._to_attach.pop()
+                try:
+                    await self._attach(index)
+                except Exception:
+                    log.exception("putting tap %d back on the bridge failed", index)
+
+    async def _attach(self, index: int) -> None:
+        tap, link, bridge = self._by_index.get(index), self._links.get(index), \
+            self._bridge.bridge
+        if tap is None or link is None or bridge is None:
+            return
+        if link.master == bridge.index and link.up:
+            return
+        try:
+            await self._netlink.set_link(index, master=bridge.index, state="up")
+        except KernelError as e:
+            if e.errno != errno.ENODEV:  # gone meanwhile: its removal says so
+                log.error("cannot put tap %s back on %s: %s", tap.name, bridge.name, e,
+                          extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
+                                 "BRIDGED_EVENT": "tap-attach-failed"})
+            return
+        log.info("tap %s is on %s again", tap.name, bridge.name,
+                 extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
+                        "BRIDGED_EVENT": "tap-reattached"})
+
+    def _bridge_recreated(self, bridge: Link) -> None:
+        for index in self._by_index:
+            self._attach_soon(index)
+
+    # --- restart -----------------------------------------------------------------------------
+
+    def adopt(self) -> None:
+        """After a restart: take back our taps, free those whose client is gone.
+
+        Synchronous on purpose: the link table cannot change while this runs, so every
+        tap it registers exists, and every removal after it is heard.
+        """
+        numbers: list[tuple[int, int]] = []
+        for link in self._links:
+            if not (link.alias or "").startswith(ALIAS_PREFIX):
+                continue
             tap = tap_from_alias(link)
             if tap is None:
+                log.warning("%s has a bridged ifalias that cannot be read (%r); leaving it "
+                            "alone", link.name, link.alias,
+                            extra={"INTERFACE": link.name, "BRIDGED_EVENT": "tap-unreadable"})
                 continue
+            number = link.name[len(self.config.prefix):]
+            if link.name.startswith(self.config.prefix) and number.isdigit():
+                numbers.append((tap.created_at_us, int(number)))
             if tap.persistent and tap.client_pid:
-                alive = process_start_time(tap.client_pid) == tap.client_start
-                pidfd = -1
-                if alive:
-                    with contextlib.suppress(ProcessLookupError):
-                        pidfd = os.pidfd_open(tap.client_pid)
-                    # Re-check: the process may have exited between the two looks, or be
-                    # a zombie not yet reaped (its pidfd is readable at once).
-                    alive = pidfd >= 0 and not select.select([pidfd], [], [], 0)[0] and \
-                        process_start_time(tap.client_pid) == tap.client_start
-                if not alive:
-                    if pidfd >= 0:
-                        os.close(pidfd)
-                    # On the reaper lane, not awaited: each delete takes ~16 ms in the
-                    # kernel, and a thousand dead clients would hold READY up for 16 s.
+                pidfd = self._live_pidfd(tap)
+                if pidfd < 0:
+                    # On the reaper lane, not awaited: a thousand dead clients must not
+                    # hold READY up.
                     self._spawn(self._remove_from_kernel(
                         tap, f"client process {tap.client_pid} is gone"))
                     continue
                 self._register(tap, pidfd)
             else:
                 self._register(tap, -1)
-            if bridge is not None and link.master != bridge.index:
-                await self._netlink.set_link(link.index, master=bridge.index, state="up")
+            bridge = self._bridge.index
+            if bridge is not None and (link.master != bridge or not link.up):
+                self._attach_soon(tap.index)
             log.info("tap %s adopted (uid %d)", tap.name, tap.owner_uid,
                      extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
                             "BRIDGED_UID": tap.owner_uid, "BRIDGED_EVENT": "tap-adopted"})
+        saved = self._bridge.saved_tap_cursor()
+        if saved is not None and 0 <= saved < NAME_NUMBERS:
+            self._cursor = self._saved_cursor = saved
+        elif numbers:
+            self._cursor = (max(numbers)[1] + 1) % NAME_NUMBERS
 
-    def _bridge_recreated(self, bridge: Link) -> None:
-        if self.taps:
-            self._spawn(self._reattach(bridge))
-
-    async def _reattach(self, bridge: Link) -> None:
-        for tap in list(self.taps.values()):
-            try:
-                await self._netlink.set_link(tap.index, master=bridge.index, state="up")
-            except KernelError as e:
-                log.warning("re-attaching tap %s to %s failed: %s", tap.name, bridge.name, e)
+    @staticmethod
+    def _live_pidfd(tap: Tap) -> int:
+        """A pidfd on the tap's client if it is the same, live process; else -1."""
+        if process_start_time(tap.client_pid) != tap.client_start:
+            return -1
+        try:
+            pidfd = os.pidfd_open(tap.client_pid)
+        except OSError:
+            return -1
+        # Re-check: the process may have exited between the two looks, or be a zombie
+        # not yet reaped (its pidfd is readable at once).
+        if select.select([pidfd], [], [], 0)[0] or \
+                process_start_time(tap.client_pid) != tap.client_start:
+            os.close(pidfd)
+            return -1
+        return pidfd
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         # The loop keeps only weak references to tasks: hold them until done.
@@ -437,7 +636,6 @@ class TapRegistry:
 
     def count_for(self, uid: int) -> int:
         return sum(1 for t in self.taps.values() if t.owner_uid == uid)
-
 
 
 def _log_removed(tap: Tap, why: str) -> None:

@@ -231,7 +231,7 @@ def test_sighup_with_bad_file_keeps_running_config(lab: Lab, daemon_factory: Dae
     mark = daemon.notify.mark()
     daemon.signal(signal.SIGHUP)
     daemon.notify.wait("RELOADING=1", since=mark)
-    wait_for(lambda: "reload failed, keeping the running configuration" in daemon.log(),
+    wait_for(lambda: "reload refused, keeping the running configuration" in daemon.log(),
              what="reload failure logged")
     assert "ip.bogus: unknown key" in daemon.log()
     assert daemon.proc is not None and daemon.proc.poll() is None

@@ -1,108 +1,113 @@
-"""The bus connection: exports the objects, knows who is calling, serves OpenTap.
+"""The bus connection and one explicit dispatch for every call to bridged's objects.
 
-dbus-fast's ``@method`` handlers never see the Message, so a message handler stores
-each incoming call in a ContextVar; the Task that runs an ``async`` method copies the
-context and so sees its own message. The caller's identity then comes from the bus
-(GetConnectionCredentials), never from an argument.
+Each method call is checked against ``spec`` (object, interface, member, signature),
+then handed to a handler that gets the caller as an argument, with the caller's
+identity taken from the bus (GetConnectionCredentials), never from the message. Every
+handler and property getter answers through the same error mapping, so a caller sees a
+named error with words, never a traceback. No method takes file descriptors: any that
+arrive with a message are closed at once.
+
+bridged serves Introspectable, Properties and ObjectManager for its objects itself
+(rather than through dbus-fast's ServiceInterface), so a tap's object costs a dict
+entry, and every string that goes out is one bridged put there.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
-from dbus_fast.errors import DBusError
 
+from bridged import __version__, api
 from bridged.auth import Caller
 from bridged.bridge import BridgeManager
-from bridged.bus.interfaces import (
-    BUS_NAME,
-    MANAGER_IFACE,
-    ROOT_PATH,
-    BridgeInterface,
-    ManagerInterface,
-    TapInterface,
-    bridge_path,
-    tap_path,
-    translate,
-    unpack_options,
-)
+from bridged.bus import compat, spec
 from bridged.errors import AccessDenied, BridgedError
 from bridged.kernel import tun
 from bridged.taps import Tap, TapRegistry, parse_options
 
-PROPERTIES_BATCH_S = 0.02
 log = logging.getLogger(__name__)
 
-_current_message: contextvars.ContextVar[Message] = contextvars.ContextVar("current_message")
-
+PROPERTIES_BATCH_S = 0.02
 # Unique bus names are never reused while the bus runs, so credentials can be cached;
 # the bound keeps a long-lived daemon's memory flat.
 CREDENTIALS_CACHE = 4096
+DBUS_ERROR = "org.freedesktop.DBus.Error."
 
 
 class NameTaken(Exception):
     pass
 
 
+class CallError(Exception):
+    """A standard D-Bus error about the call itself (no such method, bad arguments)."""
+
+    def __init__(self, name: str, text: str) -> None:
+        super().__init__(text)
+        self.name = DBUS_ERROR + name
+
+
+Handler = Callable[[Message, Caller], Awaitable[tuple[str, list[Any], list[int]]]]
+
+
 class BusService:
-    def __init__(self, address: str | None, bridge: BridgeManager, taps: TapRegistry) -> None:
+    def __init__(self, address: str | None, bridge: BridgeManager, taps: TapRegistry,
+                 state: Callable[[], str]) -> None:
         self._address = address
         self._bridge = bridge
         self._taps = taps
+        self._state = state
         self.bus: MessageBus | None = None
         self._credentials: OrderedDict[str, Caller] = OrderedDict()
-        self.manager = ManagerInterface(taps, bridge, self.current_caller)
-        self.bridge_iface = BridgeInterface(bridge)
-        self._tap_ifaces: dict[str, TapInterface] = {}
-        self._bridge_props: dict[str, Any] = {}
-        self._manager_props: dict[str, Any] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._paths: dict[str, str] = {}  # tap object path -> tap name
+        self._sent: dict[str, dict[str, Any]] = {}  # interface -> properties last announced
         self._flush_pending = False
+        self._handlers: dict[tuple[str, str], Handler] = {
+            (api.MANAGER, "OpenTap"): self._open_tap,
+            (api.MANAGER, "CreateTap"): self._create_tap,
+            (api.MANAGER, "ReleaseTap"): self._release_tap,
+            (api.TAP, "Release"): self._release_this_tap,
+        }
+
+    # --- connection --------------------------------------------------------------------
 
     async def start(self) -> None:
         kwargs: dict[str, Any] = {"bus_type": BusType.SYSTEM, "negotiate_unix_fd": True}
         if self._address:
             kwargs["bus_address"] = self._address
         self.bus = bus = await MessageBus(**kwargs).connect()
+        compat.install(bus)
         bus.add_message_handler(self._on_message)
-        bus.export(ROOT_PATH, self.manager)
-        bus.export(bridge_path(self._bridge.config.name), self.bridge_iface)
         for tap in self._taps.taps.values():
-            self._export_tap(tap, announce=False)
-        self._taps.on_added.append(self._export_tap_soon)
-        self._taps.on_removed.append(self._unexport_tap)
-        self._bridge.on_change.append(self._properties_changed)
-        self._bridge.on_uplink_changed.append(self._uplink_changed)
-        self._bridge_props = self.bridge_iface.snapshot()
-        self._manager_props = self._manager_snapshot()
-        reply = await bus.request_name(BUS_NAME)
+            self._paths[api.tap_path(tap.name)] = tap.name
+        self._sent = {api.MANAGER: self._manager_values(), api.BRIDGE: self._bridge_values()}
+        reply = await bus.request_name(api.BUS_NAME)
         if reply.value not in (1, 4):  # PRIMARY_OWNER, ALREADY_OWNER
-            raise NameTaken(f"{BUS_NAME} is already owned by another process")
+            raise NameTaken(f"{api.BUS_NAME} is already owned by another process")
 
     def stop(self) -> None:
         if self.bus is not None:
             self.bus.disconnect()
 
-    # --- who is calling ----------------------------------------------------------------
-
-    def _on_message(self, msg: Message) -> bool | None:
-        if msg.message_type != MessageType.METHOD_CALL:
+    def _send(self, message: Message) -> asyncio.Future[None] | None:
+        if self.bus is None or not self.bus.connected:
             return None
-        _current_message.set(msg)
-        if msg.interface == MANAGER_IFACE and msg.member == "OpenTap" and \
-                msg.path == ROOT_PATH and msg.signature == "a{sv}":
-            asyncio.get_running_loop().create_task(self._open_tap(msg))
-            return True
-        return None  # the exported interfaces handle it
+        sent = self.bus.send(message)
+        if not isinstance(sent, asyncio.Future):
+            return None
+        # A broken connection is noticed by the daemon's bus watch; don't leave the
+        # exception unretrieved here.
+        sent.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return sent
 
-    async def current_caller(self) -> Caller:
-        return await self.caller_of(_current_message.get().sender)
+    # --- who is calling ----------------------------------------------------------------
 
     async def caller_of(self, sender: str) -> Caller:
         cached = self._credentials.get(sender)
@@ -112,8 +117,7 @@ class BusService:
         reply = await self.bus.call(Message(
             destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
             interface="org.freedesktop.DBus", member="GetConnectionCredentials",
-            signature="s", body=[sender],
-        ))
+            signature="s", body=[sender]))
         if reply is None or reply.message_type == MessageType.ERROR:
             # Deny by default: a caller we cannot identify gets nothing.
             raise AccessDenied("the bus could not tell who is calling")
@@ -124,8 +128,7 @@ class BusService:
             uid=creds["UnixUserID"].value,
             pid=creds["ProcessID"].value if "ProcessID" in creds else 0,
             gids=frozenset(creds["UnixGroupIDs"].value if "UnixGroupIDs" in creds else ()),
-            bus_name=sender,
-        )
+            bus_name=sender)
         self._credentials[sender] = caller
         if len(self._credentials) > CREDENTIALS_CACHE:
             self._credentials.popitem(last=False)
@@ -139,74 +142,280 @@ class BusService:
             path="/org/freedesktop/PolicyKit1/Authority",
             interface="org.freedesktop.PolicyKit1.Authority", member="CheckAuthorization",
             signature="(sa{sv})sa{ss}us",
-            body=[["system-bus-name", {"name": Variant("s", sender)}], action, {}, 0, ""],
-        ))
+            body=[["system-bus-name", {"name": Variant("s", sender)}], action, {}, 0, ""]))
         if reply is None or reply.message_type == MessageType.ERROR:
             log.warning("polkit check for %s failed: %s", sender,
                         reply.body if reply is not None else "no reply")
             return False
         return bool(reply.body[0][0])
 
-    # --- OpenTap: fds in the reply, closed only once it is sent -------------------------
+    # --- dispatch ----------------------------------------------------------------------
 
-    async def _open_tap(self, msg: Message) -> None:
-        assert self.bus is not None
+    def _on_message(self, msg: Message) -> bool | None:
+        fds = msg.unix_fds
+        if fds:
+            # Nothing bridged serves or calls takes a file descriptor; each one left
+            # open would be a descriptor a caller made us hold forever.
+            tun.close_all(list(fds))
+            msg.unix_fds = []
+        if msg.message_type is not MessageType.METHOD_CALL or msg.interface == api.PEER:
+            return None  # replies, signals and Peer.Ping: the library's
+        try:
+            if fds:
+                raise CallError("InvalidArgs", "bridged takes no file descriptors")
+            key = self._method_key(msg)
+            handler = self._handlers.get(key)
+            if handler is None:
+                self._reply(msg, *self._serve_now(msg, key))
+                return True
+        except Exception as e:
+            self._reply_error(msg, e)
+            return True
+        task = asyncio.get_running_loop().create_task(self._serve_later(msg, handler))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    def _interfaces_at(self, path: str) -> tuple[spec.Interface, ...] | None:
+        if path == api.ROOT_PATH:
+            return spec.MANAGER, spec.OBJECT_MANAGER
+        if path == api.bridge_path(self._bridge.config.name):
+            return (spec.BRIDGE,)
+        if path in self._paths:
+            return (spec.TAP,)
+        return None
+
+    def _method_key(self, msg: Message) -> tuple[str, str]:
+        path, member = msg.path or "", msg.member or ""
+        ours = self._interfaces_at(path)
+        if ours is None:
+            # Only introspection reaches the nodes above and between our objects.
+            if msg.interface in (None, api.INTROSPECTABLE) and member == "Introspect":
+                iface = spec.INTROSPECTABLE
+            else:
+                raise CallError("UnknownObject", f"no object at {path}")
+        else:
+            served = (*ours, spec.PROPERTIES, spec.INTROSPECTABLE)
+            if msg.interface:
+                found = next((i for i in served if i.name == msg.interface), None)
+            else:  # the interface field is optional in a call: the member decides
+                found = next((i for i in served if i.method(member) is not None), None)
+            if found is None:
+                raise CallError("UnknownInterface", f"{path} has no interface {msg.interface}")
+            iface = found
+        method = iface.method(member)
+        if method is None:
+            raise CallError("UnknownMethod", f"{iface.name} has no method {member}")
+        if (msg.signature or "") != method.in_signature:
+            raise CallError("InvalidArgs", f"{iface.name}.{member} takes "
+                            f"'{method.in_signature}', not '{msg.signature}'")
+        return iface.name, member
+
+    def _serve_now(self, msg: Message, key: tuple[str, str]) -> tuple[str, list[Any]]:
+        """The calls answered at once, without asking who calls: reading is for anyone."""
+        path = msg.path or ""
+        if key == (api.INTROSPECTABLE, "Introspect"):
+            return "s", [self._introspect(path)]
+        if key == (api.MANAGER, "ListTaps"):
+            return "ao", [[api.tap_path(name) for name in sorted(self._taps.taps)]]
+        if key == (api.OBJECT_MANAGER, "GetManagedObjects"):
+            return "a{oa{sa{sv}}}", [self._managed_objects()]
+        if key == (api.PROPERTIES, "Get"):
+            interface, name = msg.body
+            getter = self._properties_at(path, interface).get(name)
+            if getter is None:
+                raise CallError("UnknownProperty", f"{interface} has no property {name}")
+            return "v", [Variant(getter[0], getter[1]())]
+        if key == (api.PROPERTIES, "GetAll"):
+            return "a{sv}", [self._values_at(path, msg.body[0])]
+        if key == (api.PROPERTIES, "Set"):
+            interface, name, _value = msg.body
+            if name not in self._properties_at(path, interface):
+                raise CallError("UnknownProperty", f"{interface} has no property {name}")
+            raise CallError("PropertyReadOnly", f"{interface}.{name} is read-only")
+        raise CallError("UnknownMethod", f"{key[0]} has no method {key[1]}")
+
+    async def _serve_later(self, msg: Message, handler: Handler) -> None:
+        """A call that changes something: it needs to know who is calling."""
         fds: list[int] = []
         try:
-            async def run() -> tuple[Tap, list[int]]:
-                request = parse_options(unpack_options(msg.body[0]), persistent=False)
-                return await self._taps.open(await self.caller_of(msg.sender), request)
-
-            tap, fds = await translate(run())
-            reply = Message.new_method_return(
-                msg, "osah", [tap_path(tap.name), tap.name, list(range(len(fds)))],
-                unix_fds=fds,
-            )
-        except DBusError as e:
-            reply = Message.new_error(msg, e.type, e.text)
-        try:
-            await self.bus.send(reply)
+            caller = await self.caller_of(msg.sender or "")
+            signature, body, fds = await handler(msg, caller)
+            sent = self._reply(msg, signature, body, fds)
+            if fds and sent is not None:
+                # The writer passes the fds by number when it gets to the message: ours
+                # may close only once it has (the client's copies keep the tap).
+                await sent
+        except Exception as e:
+            self._reply_error(msg, e)
         finally:
-            # Our copies go now; the tap lives on through the client's.
             tun.close_all(fds)
 
-    # --- objects and signals -----------------------------------------------------------
+    def _reply(self, msg: Message, signature: str, body: list[Any],
+               fds: list[int] | None = None) -> asyncio.Future[None] | None:
+        if msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+            return None
+        return self._send(Message.new_method_return(msg, signature, body, unix_fds=fds or []))
 
-    def _export_tap_soon(self, tap: Tap) -> None:
-        # After the current step: OpenTap's reply goes out first, and nothing the
-        # client sends next is read before the object exists (call_soon runs first).
-        asyncio.get_running_loop().call_soon(self._export_if_alive, tap)
+    def _reply_error(self, msg: Message, error: Exception) -> None:
+        """The one error mapping: named errors with words, never a traceback."""
+        if isinstance(error, BridgedError):
+            name, text = error.dbus_name, str(error)
+        elif isinstance(error, CallError):
+            name, text = error.name, str(error)
+        else:
+            log.error("internal error serving %s.%s from %s", msg.interface, msg.member,
+                      msg.sender, exc_info=error, extra={"BRIDGED_EVENT": "internal-error"})
+            name = api.ERROR_PREFIX + "Failed"
+            text = "internal error in bridged; see 'journalctl -u bridged'"
+        if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+            self._send(Message.new_error(msg, name, compat.error_text(text)))
 
-    def _export_if_alive(self, tap: Tap) -> None:
-        if self._taps.taps.get(tap.name) is tap:  # not already gone again
-            self._export_tap(tap)
+    # --- handlers that change something ---------------------------------------------------
 
-    def _export_tap(self, tap: Tap, announce: bool = True) -> None:
-        if self.bus is None or tap.name in self._tap_ifaces:
+    async def _open_tap(self, msg: Message, caller: Caller) -> tuple[str, list[Any], list[int]]:
+        request = parse_options(unpack(msg.body[0]), persistent=False)
+        tap, fds = await self._taps.open(caller, request)
+        return "osah", [api.tap_path(tap.name), tap.name, list(range(len(fds)))], fds
+
+    async def _create_tap(self, msg: Message, caller: Caller) -> tuple[str, list[Any], list[int]]:
+        request = parse_options(unpack(msg.body[0]), persistent=True)
+        tap = await self._taps.create(caller, request)
+        return "os", [api.tap_path(tap.name), tap.name], []
+
+    async def _release_tap(self, msg: Message, caller: Caller) -> tuple[str, list[Any], list[int]]:
+        await self._taps.release(caller, msg.body[0])
+        return "", [], []
+
+    async def _release_this_tap(self, msg: Message,
+                                caller: Caller) -> tuple[str, list[Any], list[int]]:
+        name = self._paths.get(msg.path or "")
+        if name is None:
+            raise CallError("UnknownObject", f"no object at {msg.path}")
+        await self._taps.release(caller, name)
+        return "", [], []
+
+    # --- objects and properties ----------------------------------------------------------
+
+    def _manager_values(self) -> dict[str, Any]:
+        return {name: read() for name, (_sig, read) in self._manager_properties().items()}
+
+    def _bridge_values(self) -> dict[str, Any]:
+        return {name: read() for name, (_sig, read) in self._bridge_properties().items()}
+
+    def _manager_properties(self) -> dict[str, tuple[str, Callable[[], Any]]]:
+        return {
+            "Version": ("s", lambda: __version__),
+            "State": ("s", self._state),
+            "Bridge": ("o", lambda: api.bridge_path(self._bridge.config.name)),
+            "TapCount": ("u", lambda: len(self._taps.taps)),
+        }
+
+    def _bridge_properties(self) -> dict[str, tuple[str, Callable[[], Any]]]:
+        bridge, config = self._bridge, self._bridge.config
+
+        def link(read: Callable[[Any], Any], absent: Any) -> Callable[[], Any]:
+            return lambda: read(bridge.bridge) if bridge.bridge is not None else absent
+
+        return {
+            "Name": ("s", lambda: config.name),
+            "Index": ("i", link(lambda b: b.index, 0)),
+            "MACAddress": ("s", link(lambda b: b.address or "", "")),
+            "MTU": ("u", link(lambda b: b.mtu, 0)),
+            "STP": ("b", lambda: config.stp),
+            "ForwardDelay": ("u", lambda: config.forward_delay),
+            "OperState": ("s", link(lambda b: b.operstate.lower(), "absent")),
+            "Uplinks": ("as", lambda: [p.text for p in config.uplinks]),
+            "Ports": ("as", lambda: [p.name for p in bridge.ports()]),
+            "Addresses": ("as", lambda: sorted(str(a.interface) for a in bridge.addresses
+                                               if a.is_global)),
+        }
+
+    @staticmethod
+    def _tap_properties(tap: Tap) -> dict[str, tuple[str, Callable[[], Any]]]:
+        return {
+            "Name": ("s", lambda: tap.name), "Index": ("i", lambda: tap.index),
+            "OwnerUID": ("u", lambda: tap.owner_uid), "Label": ("s", lambda: tap.label),
+            "ClientPID": ("u", lambda: tap.client_pid),
+            "Persistent": ("b", lambda: tap.persistent), "Queues": ("u", lambda: tap.queues),
+            "VnetHdr": ("b", lambda: tap.vnet_hdr), "MTU": ("u", lambda: tap.mtu),
+            "VLAN": ("q", lambda: tap.vlan), "Isolated": ("b", lambda: tap.isolated),
+            "CreatedAt": ("t", lambda: tap.created_at_us),
+        }
+
+    def _properties_at(self, path: str,
+                       interface: str) -> dict[str, tuple[str, Callable[[], Any]]]:
+        served = self._interfaces_at(path) or ()
+        if interface not in {i.name for i in served if i.properties}:
+            raise CallError("UnknownInterface",
+                            f"{path} has no interface {interface} with properties")
+        if interface == api.MANAGER:
+            return self._manager_properties()
+        if interface == api.BRIDGE:
+            return self._bridge_properties()
+        tap = self._taps.taps.get(self._paths[path])
+        if tap is None:
+            raise CallError("UnknownObject", f"no object at {path}")
+        return self._tap_properties(tap)
+
+    def _values_at(self, path: str, interface: str) -> dict[str, Variant]:
+        return {name: Variant(sig, read())
+                for name, (sig, read) in self._properties_at(path, interface).items()}
+
+    def _managed_objects(self) -> dict[str, dict[str, dict[str, Variant]]]:
+        bridge = api.bridge_path(self._bridge.config.name)
+        objects = {bridge: {api.BRIDGE: self._values_at(bridge, api.BRIDGE)}}
+        for path in self._paths:
+            objects[path] = {api.TAP: self._values_at(path, api.TAP)}
+        return objects
+
+    def _introspect(self, path: str) -> str:
+        interfaces = self._interfaces_at(path) or ()
+        below = path.rstrip("/") + "/"
+        paths = [api.ROOT_PATH, api.bridge_path(self._bridge.config.name), *self._paths]
+        children = sorted({p[len(below):].split("/", 1)[0] for p in paths
+                           if p.startswith(below)})
+        if not interfaces and not children:
+            raise CallError("UnknownObject", f"no object at {path}")
+        return spec.node_xml(interfaces, children)
+
+    # --- what the daemon tells us ------------------------------------------------------------
+
+    def tap_added(self, tap: Tap) -> None:
+        path = api.tap_path(tap.name)
+        self._paths[path] = tap.name
+        # After the current step: a call's reply goes out before the signals about it.
+        asyncio.get_running_loop().call_soon(self._announce_tap, tap, path)
+
+    def _announce_tap(self, tap: Tap, path: str) -> None:
+        self._signal(api.ROOT_PATH, spec.MANAGER, "TapAdded", [path, tap.name])
+        self._signal(api.ROOT_PATH, spec.OBJECT_MANAGER, "InterfacesAdded",
+                     [path, {api.TAP: {name: Variant(sig, read()) for name, (sig, read)
+                                       in self._tap_properties(tap).items()}}])
+        self.properties_changed()
+
+    def tap_removed(self, tap: Tap) -> None:
+        path = api.tap_path(tap.name)
+        if self._paths.pop(path, None) is None:
             return
-        iface = TapInterface(tap, self._taps, self.current_caller)
-        self._tap_ifaces[tap.name] = iface
-        self.bus.export(tap_path(tap.name), iface)
-        if announce:
-            self.manager.TapAdded(tap_path(tap.name), tap.name)
-        self._properties_changed()
+        asyncio.get_running_loop().call_soon(self._announce_tap_gone, tap, path)
 
-    def _unexport_tap(self, tap: Tap) -> None:
-        iface = self._tap_ifaces.pop(tap.name, None)
-        if self.bus is None or iface is None:
-            return
-        self.bus.unexport(tap_path(tap.name), iface)
-        self.manager.TapRemoved(tap_path(tap.name), tap.name)
-        self._properties_changed()
+    def _announce_tap_gone(self, tap: Tap, path: str) -> None:
+        self._signal(api.ROOT_PATH, spec.MANAGER, "TapRemoved", [path, tap.name])
+        self._signal(api.ROOT_PATH, spec.OBJECT_MANAGER, "InterfacesRemoved", [path, [api.TAP]])
+        self.properties_changed()
 
-    def _uplink_changed(self, ifname: str, state: str) -> None:
-        if self.bus is not None:
-            self.bridge_iface.UplinkChanged(ifname, state)
+    def uplink_changed(self, ifname: str, state: str) -> None:
+        self._signal(api.bridge_path(self._bridge.config.name), spec.BRIDGE, "UplinkChanged",
+                     [ifname, state])
 
-    def _manager_snapshot(self) -> dict[str, Any]:
-        return {"State": self._bridge.state.value, "TapCount": len(self._taps.taps)}
+    def _signal(self, path: str, interface: spec.Interface, member: str,
+                body: list[Any]) -> None:
+        sig = interface.signal(member)
+        assert sig is not None
+        self._send(Message.new_signal(path, interface.name, member, sig.signature, body))
 
-    def _properties_changed(self) -> None:
+    def properties_changed(self) -> None:
         """Emit PropertiesChanged once for all changes of the next few milliseconds: a
         tap's creation brings several link events, each of which lands here, and with a
         thousand taps the Bridge's Ports array is costly to send for every one."""
@@ -218,18 +427,24 @@ class BusService:
         self._flush_pending = False
         if self.bus is None or not self.bus.connected:
             return
-        for iface, old, new in (
-            (self.manager, self._manager_props, self._manager_snapshot()),
-            (self.bridge_iface, self._bridge_props, self.bridge_iface.snapshot()),
-        ):
-            changed = {k: v for k, v in new.items() if old.get(k) != v}
+        bridge_path = api.bridge_path(self._bridge.config.name)
+        for path, interface, values, sigs in (
+                (api.ROOT_PATH, api.MANAGER, self._manager_values(), self._manager_properties()),
+                (bridge_path, api.BRIDGE, self._bridge_values(), self._bridge_properties())):
+            old = self._sent.setdefault(interface, {})
+            changed = {k: v for k, v in values.items() if old.get(k) != v}
             if changed:
                 old.update(changed)
-                iface.emit_properties_changed(changed, [])
+                self._signal(path, spec.PROPERTIES, "PropertiesChanged",
+                             [interface, {k: Variant(sigs[k][0], v) for k, v in changed.items()},
+                              []])
+
+
+def unpack(options: dict[str, Variant]) -> dict[str, tuple[str, Any]]:
+    """a{sv} -> key -> (signature, value)."""
+    return {key: (variant.signature, variant.value) for key, variant in options.items()}
 
 
 def bus_address_from_env(explicit: str | None) -> str | None:
     return explicit or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or None
 
-
-__all__ = ["BridgedError", "BusService", "NameTaken", "bus_address_from_env"]

@@ -49,19 +49,20 @@ class AddressEvent:
 
 class LinkMonitor:
     """Calls ``on_event`` for each link event, ``on_address`` for each address event on
-    the interfaces ``watch_addresses_of`` names, ``on_overrun`` when events were lost."""
+    an interface ``watches_addresses_of(index)`` says is of interest, ``on_overrun``
+    when events were lost."""
 
     def __init__(
         self,
         on_event: Callable[[LinkEvent], None],
         on_overrun: Callable[[], None],
         on_address: Callable[[AddressEvent], None] | None = None,
-        watch_addresses_of: Callable[[], int | None] | None = None,
+        watches_addresses_of: Callable[[int], bool] | None = None,
     ) -> None:
         self._on_event = on_event
         self._on_overrun = on_overrun
         self._on_address = on_address
-        self._watched = watch_addresses_of
+        self._watched = watches_addresses_of
         self._sock: socket.socket | None = None
 
     def start(self) -> None:
@@ -105,15 +106,15 @@ class LinkMonitor:
 
     def _dispatch(self, data: bytes) -> None:
         """One pass over a batch, in the kernel's order."""
-        watched = self._watched() if self._watched is not None else None
         for kind, _seq, offset, length in messages(data):
             try:
                 if kind in (RTM_NEWLINK, RTM_DELLINK):
                     self._on_event(LinkEvent(kind == RTM_DELLINK,
                                              decode_link(data, offset, length)))
                 elif kind in (RTM_NEWADDR, RTM_DELADDR) and self._on_address is not None \
-                        and address_index(data, offset) == watched:
-                    # Only the watched link's: every tap brings address events of its own.
+                        and self._watched is not None and self._watched(
+                            address_index(data, offset)):
+                    # Only the watched links': every tap brings address events of its own.
                     decoded = decode_address(data, offset, length)
                     if decoded is not None:
                         self._on_address(AddressEvent(kind == RTM_DELADDR, *decoded))

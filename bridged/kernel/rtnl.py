@@ -40,6 +40,7 @@ IFF_UP = 0x1
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_AF_SPEC, IFLA_PERM_ADDRESS = 16, 18, 20, 26, 54
+IFLA_GROUP = 27
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
 IFLA_BR_FORWARD_DELAY, IFLA_BR_STP_STATE, IFLA_BR_VLAN_FILTERING = 1, 5, 7
 IFLA_BRPORT_ISOLATED = 33
@@ -245,9 +246,11 @@ class RtnlSocket:
 
     def set_link(self, index: int, *, address: str | None = None, alias: str | None = None,
                  master: int | None = None, mtu: int | None = None,
-                 up: bool | None = None) -> None:
+                 up: bool | None = None, group: int | None = None) -> None:
         """One RTM_NEWLINK changing what is given (``master=0`` leaves the bridge)."""
         attrs = b""
+        if group is not None:
+            attrs += _attr(IFLA_GROUP, U32.pack(group))
         if address is not None:
             attrs += _attr(IFLA_ADDRESS, bytes.fromhex(address.replace(":", "")))
         if alias is not None:
@@ -261,6 +264,11 @@ class RtnlSocket:
 
     def delete_link(self, index: int) -> None:
         self.change(RTM_DELLINK, 0, _ifinfo(index))
+
+    def delete_group(self, group: int) -> None:
+        """Delete every link in interface group ``group`` at once: the kernel then waits
+        for the stack to let go of all of them together, not once per link."""
+        self.change(RTM_DELLINK, 0, _ifinfo(0) + _attr(IFLA_GROUP, U32.pack(group)))
 
     # --- the bridge
 
