@@ -35,6 +35,9 @@ class State(enum.Enum):
     READY = "ready"
     DEGRADED = "degraded"
     STOPPING = "stopping"
+    # The host could not reach its gateway after an IP move, and was put back as it
+    # was: the uplinks stay off the bridge until a new config or a retry.
+    ROLLED_BACK = "rolled-back"
 
 
 class BridgeManager:
@@ -60,10 +63,17 @@ class BridgeManager:
         self._worker: asyncio.Task[None] | None = None
         # index -> master it had when enslaving failed; retried once that changes.
         self._failed_uplinks: dict[int, int | None] = {}
+        # Why the last IP move was rolled back; while set, no uplink is enslaved.
+        self.rolled_back: str | None = None
+        self._idle = asyncio.Event()
         # Listeners: the D-Bus layer, sd_notify status, the tap registry.
         self.on_change: list[Callable[[], None]] = []
         self.on_uplink_changed: list[Callable[[str, str], None]] = []
         self.on_bridge_created: list[Callable[[Link], None]] = []
+        # Called after addresses moved off an uplink onto the bridge (to verify the move).
+        self.on_moved: list[Callable[[], None]] = []
+        self.enslaved_count = 0  # uplinks bridged enslaved since it started
+        self._created = False  # this run made the bridge (a failed start removes it)
 
     # --- what others read ------------------------------------------------------------
 
@@ -91,6 +101,9 @@ class BridgeManager:
     def status_line(self) -> str:
         if self.bridge is None:
             return f"{self.config.name} missing"
+        if self.rolled_back is not None:
+            return (f"{self.bridge.name} up, rolled back: {self.rolled_back}; uplinks kept "
+                    "off the bridge until the config is reloaded or 'bridgectl retry'")
         uplinks = [link.name for link in self.enslaved_uplinks()]
         if uplinks:
             return f"{self.bridge.name} up, uplink {', '.join(uplinks)}"
@@ -170,7 +183,8 @@ class BridgeManager:
             self._wakeup.set()
             return
         if index in self._uplink_indexes:
-            if self._needs_enslaving(new) and not self._gave_up_on(new):
+            if self.rolled_back is None and self._needs_enslaving(new) and \
+                    not self._gave_up_on(new):
                 if old is None or not was_uplink:
                     log.info("uplink %s appeared", new.name,
                              extra={"INTERFACE": new.name, "BRIDGED_EVENT": "uplink-appeared"})
@@ -229,13 +243,78 @@ class BridgeManager:
 
     async def _reconcile_forever(self) -> None:
         while True:
+            self._idle.set()
             await self._wakeup.wait()
+            self._idle.clear()
             self._wakeup.clear()
             try:
                 await self._reconcile_once()
             except Exception:
                 log.exception("reconciling %s failed", self.config.name)
             self._update_state()
+
+    async def settled(self) -> None:
+        """Wait until the reconciler has done all the work asked of it so far."""
+        while self._wakeup.is_set() or not self._idle.is_set():
+            if self._idle.is_set():
+                await asyncio.sleep(0)  # let the reconciler see its wakeup
+            else:
+                await self._idle.wait()
+
+    async def roll_back(self, why: str) -> None:
+        """Put the host back as it was before the IP move: each uplink gets its own
+        addresses back, leaves the bridge, gets its routes back; the bridge keeps its
+        taps but loses bridged's addresses and routes. In that order, so that the host
+        always has an address on a link that carries its traffic."""
+        self.rolled_back = why
+        await self._release_uplinks()
+        self._pending_uplinks.clear()
+        self._update_state()
+
+    async def undo_start(self) -> None:
+        """A start that failed leaves nothing behind that it created: the uplinks get
+        their own configuration back, a bridge made by this start goes."""
+        if not self._created:
+            return
+        self.rolled_back = "start failed"
+        try:
+            await self._release_uplinks()
+            if self.bridge is not None:
+                await self._netlink.delete_link(self.bridge.index)
+                log.info("bridge %s removed again", self.config.name,
+                         extra={"INTERFACE": self.config.name,
+                                "BRIDGED_EVENT": "bridge-removed"})
+        except KernelError as e:
+            log.error("undoing the start failed: %s", e,
+                      extra={"BRIDGED_EVENT": "rollback-failed"})
+
+    async def _release_uplinks(self) -> None:
+        bridge = self.bridge
+        if bridge is not None:
+            for uplink in self.enslaved_uplinks():
+                try:
+                    await self.ip.give_back(bridge, uplink)
+                    await self._netlink.set_link(uplink.index, master=0)
+                    await self.ip.give_back_routes(bridge, uplink)
+                except KernelError as e:
+                    log.error("rolling %s back failed: %s", uplink.name, e,
+                              extra={"INTERFACE": uplink.name,
+                                     "BRIDGED_EVENT": "rollback-failed"})
+                else:
+                    log.warning("%s released from %s with its own addresses and routes",
+                                uplink.name, bridge.name,
+                                extra={"INTERFACE": uplink.name,
+                                       "BRIDGED_EVENT": "uplink-released"})
+                    self._uplink_changed(uplink.name, "released")
+            await self.ip.clear_bridge(bridge)
+
+    def retry(self) -> None:
+        """Try the move again (after a rollback): enslave what matches."""
+        self.rolled_back = None
+        self._pending_uplinks.update(link.index for link in self.uplinks())
+        self._bridge_dirty = True
+        self._wakeup.set()
+        self._update_state()
 
     async def _reconcile_once(self) -> None:
         if self._addresses_lost and self.bridge is not None:
@@ -279,6 +358,7 @@ class BridgeManager:
         created = link is None
         if link is None:
             link = await self._netlink.create_bridge(cfg.name, cfg.stp, cfg.forward_delay)
+            self._created = self.state == State.STARTING
             log.info("bridge %s created", cfg.name,
                      extra={"INTERFACE": cfg.name, "BRIDGED_EVENT": "bridge-created"})
         else:
@@ -312,7 +392,8 @@ class BridgeManager:
         """
         bridge = self.bridge
         link = await self._netlink.link(index=index)
-        if bridge is None or link is None or not self._is_uplink(link):
+        if bridge is None or link is None or not self._is_uplink(link) or \
+                self.rolled_back is not None:
             return
         if not self._needs_enslaving(link):
             return
@@ -333,6 +414,7 @@ class BridgeManager:
             self._uplink_changed(link.name, "failed")
             return
         self._failed_uplinks.pop(index, None)
+        self.enslaved_count += 1
         if self.config.mtu is None and not any(u.index != index
                                                for u in self.enslaved_uplinks()):
             # The first uplink sets the pace: its MTU, pinned on the bridge.
@@ -342,7 +424,9 @@ class BridgeManager:
                  extra={"INTERFACE": link.name, "BRIDGED_EVENT": "uplink-enslaved",
                         "BRIDGED_BRIDGE": bridge.name})
         self._uplink_changed(link.name, "enslaved")
-        await self.ip.after_enslave(bridge, link)
+        if await self.ip.after_enslave(bridge, link):
+            for listener in self.on_moved:
+                listener()
 
     async def _set_bridge_mac_from(self, bridge: Link, uplink: Link) -> None:
         if self.config.mac != MAC_FROM_UPLINK:
@@ -395,7 +479,9 @@ class BridgeManager:
     def _update_state(self) -> None:
         if self.state == State.STOPPING:
             return
-        if self.bridge is None or (self.config.uplinks and not self.enslaved_uplinks()):
+        if self.rolled_back is not None:
+            new = State.ROLLED_BACK
+        elif self.bridge is None or (self.config.uplinks and not self.enslaved_uplinks()):
             new = State.DEGRADED
         else:
             new = State.READY

@@ -69,6 +69,7 @@ async def gather_status(client: Client) -> dict[str, Any]:
     tap_names = {t["name"] for t in taps}
     return {
         "version": manager["Version"], "state": manager["State"],
+        "status": manager.get("StatusText", ""),
         "bridge": {"name": bridge.get("Name"), "index": bridge.get("Index"),
                    "mac": bridge.get("MACAddress"), "mtu": bridge.get("MTU"),
                    "stp": bridge.get("STP"), "forward_delay": bridge.get("ForwardDelay"),
@@ -84,6 +85,7 @@ def render_status(status: dict[str, Any]) -> str:
     enslaved = ", ".join(f"{u} (enslaved)" for u in up["enslaved"]) or "none present"
     lines = [
         f"● {b['name']}  bridged {status['version']}, {status['state']}",
+        f"       Status: {status['status']}",
         f"        State: {b['operstate']}",
         f"          MAC: {b['mac']}",
         f"          MTU: {b['mtu']}",
@@ -161,6 +163,14 @@ async def cmd_release(client: Client, args: argparse.Namespace) -> int:
     for name in args.names:
         await client.release_tap(name)
     return 0
+
+
+async def cmd_retry(client: Client, args: argparse.Namespace) -> int:
+    await client.retry()
+    status = await client.manager_properties()
+    print(status["StatusText"] if not args.json else json.dumps(
+        {"state": status["State"], "status": status["StatusText"]}))
+    return 0 if status["State"] != "rolled-back" else EXIT_FAILED
 
 
 def describe_event(member: str, body: list[Any], path: str) -> dict[str, Any]:
@@ -334,6 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
                    description="Print tap and uplink events and state changes as they "
                                "happen, until interrupted (Ctrl-C).")
 
+    sub.add_parser(
+        "retry", parents=[common], help="try the IP move again after a rollback (root)",
+        description="After bridged rolled an IP move back (the gateway did not answer "
+                    "through the bridge within ip.probe_timeout), enslave the uplinks "
+                    "and move the host's addresses again with the config file as it is "
+                    "now, and verify again. Prints the outcome; exit status 1 if it was "
+                    "rolled back again. Root only.")
+
     run = sub.add_parser(
         "run", parents=[common], help="run qemu with a NIC on the bridge",
         description="Ask bridged for a tap, then exec the qemu command with a "
@@ -351,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "status": cmd_status, "list": cmd_list, "create": cmd_create, "release": cmd_release,
-    "monitor": cmd_monitor, "run": cmd_run,
+    "monitor": cmd_monitor, "run": cmd_run, "retry": cmd_retry,
 }
 
 

@@ -136,6 +136,9 @@ class Client:
     async def release_tap(self, ifname: str) -> None:
         await self.call(ROOT_PATH, MANAGER, "ReleaseTap", "s", [ifname])
 
+    async def retry(self) -> None:
+        await self.call(ROOT_PATH, MANAGER, "Retry")
+
     async def objects(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Every object the daemon exports: path -> interface -> properties."""
         reply = await self.call(ROOT_PATH, OBJECT_MANAGER, "GetManagedObjects")

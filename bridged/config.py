@@ -68,6 +68,7 @@ class IPConfig:
     addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = ()
     gateways: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
     dns: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
+    probe_timeout: float = 10
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {
         "addresses": ("addresses", _list_of(_interface_address)),
         "gateway": ("gateways", _str_or_list_of(_ip_address)),
         "dns": ("dns", _list_of(_ip_address)),
+        "probe_timeout": ("probe_timeout", _int_range(0, 300)),
     },
     "taps": {
         "prefix": ("prefix", _tap_prefix),

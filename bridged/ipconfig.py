@@ -23,7 +23,8 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 @dataclass
 class UplinkSnapshot:
-    """What an uplink carried just before it was enslaved (migrate mode)."""
+    """What an uplink carried just before it was enslaved: what migrate mode moves, and
+    what a rollback gives back."""
 
     addresses: list[IPInterface] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
@@ -50,6 +51,8 @@ class IPManager:
         self._netlink = netlink
         # migrate mode: what we moved from uplinks, so a recreated bridge gets it back.
         self._migrated = UplinkSnapshot()
+        # uplink index -> what it carried before its first move: a rollback's target.
+        self.before_move: dict[int, UplinkSnapshot] = {}
 
     @property
     def manages_ip(self) -> bool:
@@ -66,28 +69,40 @@ class IPManager:
         return list(self._migrated.routes)
 
     async def apply_to_bridge(self, bridge: Link, uplinks: Sequence[Link] = ()) -> None:
-        """Put the desired addresses and routes on a (new or adopted) bridge.
+        """Put the desired addresses on a (new or adopted) bridge, and its routes unless
+        ``uplinks`` are still to be enslaved (then the routes follow the enslaving: a
+        route replaced now would take the uplink's own away before the bridge can carry
+        its traffic).
 
-        ``uplinks`` are about to be enslaved: addresses they hold skip duplicate
-        detection, as in ``before_enslave``.
+        Addresses the uplinks hold skip duplicate detection, as in ``before_enslave``.
         """
         if not self.manages_ip:
             return
-        held = {a.interface for u in uplinks for a in await self._netlink.addresses(u.index)}
+        pending = [u for u in uplinks if u.master != bridge.index]
+        held: set[IPInterface] = set()
+        for uplink in pending:
+            held |= set((await self._remember(uplink)).addresses)
         for address in self.desired_addresses():
             await self._netlink.add_address(bridge.index, address, nodad=address in held)
-        for route in self.desired_routes():
-            await self._replace_route(bridge, route)
+        if not pending:
+            for route in self.desired_routes():
+                await self._replace_route(bridge, route)
+
+    async def _remember(self, uplink: Link) -> UplinkSnapshot:
+        """What ``uplink`` carries now; the first time, kept as what a rollback restores."""
+        snapshot = await self._snapshot(uplink)
+        if uplink.index not in self.before_move and (snapshot.addresses or snapshot.routes):
+            self.before_move[uplink.index] = snapshot
+        return snapshot
 
     async def before_enslave(self, bridge: Link, uplink: Link) -> list[IPInterface]:
         """Step 1: copy the uplink's addresses to the bridge. Returns what was added."""
         if not self.manages_ip:
             return []
         added: list[IPInterface] = []
-        on_uplink: set[IPInterface] | None = None
+        snapshot = await self._remember(uplink)
+        on_uplink = set(snapshot.addresses)
         if self.config.mode == "migrate":
-            snapshot = await self._snapshot(uplink)
-            on_uplink = set(snapshot.addresses)
             for address in snapshot.addresses:
                 if address not in self._migrated.addresses:
                     self._migrated.addresses.append(address)
@@ -100,8 +115,6 @@ class IPManager:
             return added  # the usual case after the first uplink: nothing to ask the kernel
         # An address the uplink already holds passed duplicate detection on this very
         # LAN; detecting again would leave it "tentative" (unusable) for a second or two.
-        if on_uplink is None:
-            on_uplink = {a.interface for a in await self._netlink.addresses(uplink.index)}
         for address in missing:
             await self._netlink.add_address(bridge.index, address, nodad=address in on_uplink)
             added.append(address)
@@ -114,22 +127,75 @@ class IPManager:
         for address in added:
             await self._netlink.delete_address(bridge.index, address)
 
-    async def after_enslave(self, bridge: Link, uplink: Link) -> None:
-        """Steps 3 and 4: routes onto the bridge, then clear the uplink."""
+    async def after_enslave(self, bridge: Link, uplink: Link) -> int:
+        """Steps 3 and 4: routes onto the bridge, then clear the uplink. Returns how many
+        addresses left the uplink."""
         if not self.manages_ip:
-            return
+            return 0
         for route in self.desired_routes():
             await self._replace_route(bridge, route)
         # An enslaved port's own addresses are dead: its frames go to the bridge device.
         for route in _movable_routes(await self._netlink.routes(uplink.index)):
             await self._netlink.delete_route(uplink.index, route)
+        on_bridge = set(self.desired_addresses())
+        moved = 0
         for address in await self._netlink.addresses(uplink.index):
             if address.is_global:
                 await self._netlink.delete_address(uplink.index, address.interface)
-                log.info("address %s moved from %s to %s", address.interface, uplink.name,
-                         bridge.name,
-                         extra={"INTERFACE": uplink.name, "BRIDGED_EVENT": "address-moved",
-                                "BRIDGED_ADDRESS": str(address.interface)})
+                moved += 1
+                if address.interface in on_bridge:
+                    log.info("address %s moved from %s to %s", address.interface, uplink.name,
+                             bridge.name, extra={"INTERFACE": uplink.name,
+                                                 "BRIDGED_EVENT": "address-moved",
+                                                 "BRIDGED_ADDRESS": str(address.interface)})
+                else:
+                    log.info("address %s removed from %s (enslaved to %s, which carries "
+                             "the configured addresses)", address.interface, uplink.name,
+                             bridge.name, extra={"INTERFACE": uplink.name,
+                                                 "BRIDGED_EVENT": "address-removed",
+                                                 "BRIDGED_ADDRESS": str(address.interface)})
+        return moved
+
+    def gateways(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """The gateways the host should reach through the bridge after a move."""
+        routes = self.desired_routes()
+        defaults = [r.gateway for r in routes if r.is_default and r.gateway is not None]
+        return list(dict.fromkeys(defaults or [r.gateway for r in routes if r.gateway]))
+
+    async def give_back(self, bridge: Link, uplink: Link) -> None:
+        """Rollback, first step, with the uplink still enslaved: its own addresses back
+        (dead until it leaves the bridge, live the moment it does)."""
+        snapshot = self.before_move.get(uplink.index)
+        if snapshot is None:
+            return
+        for address in snapshot.addresses:
+            await self._netlink.add_address(uplink.index, address, nodad=True)
+
+    async def give_back_routes(self, bridge: Link, uplink: Link) -> None:
+        """Rollback, last steps, with the uplink off the bridge: bridged's addresses and
+        routes leave the bridge, then the uplink's routes come back. In that order: the
+        kernel drops routes that depend on an address when a copy of it is deleted
+        elsewhere, so routes restored earlier would vanish with the bridge's copy."""
+        await self.clear_bridge(bridge)
+        snapshot = self.before_move.pop(uplink.index, None)
+        for route in snapshot.routes if snapshot is not None else []:
+            log.debug("route %s via %s back on %s", route.destination, route.gateway,
+                      uplink.name)
+            try:
+                await self._netlink.replace_route(uplink.index, route)
+            except KernelError as e:
+                log.warning("could not restore route %s on %s: %s", route.destination,
+                            uplink.name, e, extra={"INTERFACE": uplink.name,
+                                                   "BRIDGED_EVENT": "route-failed"})
+
+    async def clear_bridge(self, bridge: Link) -> None:
+        """Take bridged's addresses and routes off the bridge (mode none: nothing)."""
+        if not self.manages_ip:
+            return
+        for route in self.desired_routes():
+            await self._netlink.delete_route(bridge.index, route)
+        for address in self.desired_addresses():
+            await self._netlink.delete_address(bridge.index, address)
 
     async def restore_addresses_to_uplink(self, uplink: Link) -> None:
         """Teardown, first step: the uplink gets the bridge's addresses back (before it
@@ -150,7 +216,8 @@ class IPManager:
                 log.warning("could not restore route %s on %s: %s", route.destination,
                             uplink.name, e)
 
-    async def reload(self, new: IPConfig, bridge: Link | None) -> None:
+    async def reload(self, new: IPConfig, bridge: Link | None,
+                     uplinks: Sequence[Link] = ()) -> None:
         """Apply a changed [ip] section: add what is new, remove what is gone.
 
         Mode "none" hands the bridge's addresses to another tool: switching to it
@@ -163,7 +230,7 @@ class IPManager:
         self.config = new
         if bridge is None or not self.manages_ip:
             return
-        await self.apply_to_bridge(bridge)
+        await self.apply_to_bridge(bridge, uplinks)
         keep = set(self.desired_addresses())
         for address in old_addresses - keep:
             await self._netlink.delete_address(bridge.index, address)

@@ -577,7 +577,7 @@ class TapRegistry:
         """
         numbers: list[tuple[int, int]] = []
         for link in self._links:
-            if not (link.alias or "").startswith(ALIAS_PREFIX):
+            if link.kind != "tun" or not (link.alias or "").startswith(ALIAS_PREFIX):
                 continue
             tap = tap_from_alias(link)
             if tap is None:

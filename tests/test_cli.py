@@ -199,7 +199,8 @@ def test_errors_when_daemon_is_absent(bus: PrivateBus):
     assert nobus.returncode == 69 and "cannot connect" in nobus.stderr
 
 
-@pytest.mark.parametrize("command", ["status", "list", "create", "release", "monitor", "run"])
+@pytest.mark.parametrize("command", ["status", "list", "create", "release", "monitor", "run",
+                                     "retry"])
 def test_every_subcommand_has_help(bus: PrivateBus, command: str):
     result = bus.bridgectl(command, "--help")
     assert result.returncode == 0 and result.stdout.startswith(f"usage: bridgectl {command}")

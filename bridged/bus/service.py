@@ -58,11 +58,14 @@ Handler = Callable[[Message, Caller], Awaitable[tuple[str, list[Any], list[int]]
 
 class BusService:
     def __init__(self, address: str | None, bridge: BridgeManager, taps: TapRegistry,
-                 state: Callable[[], str]) -> None:
+                 state: Callable[[], str], retry: Callable[[], Awaitable[None]],
+                 status_text: Callable[[], str]) -> None:
         self._address = address
         self._bridge = bridge
         self._taps = taps
         self._state = state
+        self._status_text = status_text
+        self._retry = retry
         self.bus: MessageBus | None = None
         self._credentials: OrderedDict[str, Caller] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -73,6 +76,7 @@ class BusService:
             (api.MANAGER, "OpenTap"): self._open_tap,
             (api.MANAGER, "CreateTap"): self._create_tap,
             (api.MANAGER, "ReleaseTap"): self._release_tap,
+            (api.MANAGER, "Retry"): self._retry_move,
             (api.TAP, "Release"): self._release_this_tap,
         }
 
@@ -287,6 +291,13 @@ class BusService:
         await self._taps.release(caller, msg.body[0])
         return "", [], []
 
+    async def _retry_move(self, msg: Message, caller: Caller) -> tuple[str, list[Any], list[int]]:
+        if caller.uid != 0:
+            raise AccessDenied("only root may retry the IP move (it changes the host's "
+                               "network): run 'bridgectl retry' as root")
+        await self._retry()
+        return "", [], []
+
     async def _release_this_tap(self, msg: Message,
                                 caller: Caller) -> tuple[str, list[Any], list[int]]:
         name = self._paths.get(msg.path or "")
@@ -309,6 +320,7 @@ class BusService:
             "State": ("s", self._state),
             "Bridge": ("o", lambda: api.bridge_path(self._bridge.config.name)),
             "TapCount": ("u", lambda: len(self._taps.taps)),
+            "StatusText": ("s", self._status_text),
         }
 
     def _bridge_properties(self) -> dict[str, tuple[str, Callable[[], Any]]]:

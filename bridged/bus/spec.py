@@ -96,9 +96,10 @@ MANAGER = Interface(
         Method("CreateTap", (Arg("options", "a{sv}"),), (Arg("tap", "o"), Arg("ifname", "s"))),
         Method("ReleaseTap", (Arg("ifname", "s"),)),
         Method("ListTaps", (), (Arg("taps", "ao"),)),
+        Method("Retry"),
     ),
     properties=(Property("Version", "s"), Property("State", "s"), Property("Bridge", "o"),
-                Property("TapCount", "u")),
+                Property("TapCount", "u"), Property("StatusText", "s")),
     signals=(Signal("TapAdded", (Arg("tap", "o"), Arg("ifname", "s"))),
              Signal("TapRemoved", (Arg("tap", "o"), Arg("ifname", "s")))),
 )
