@@ -848,7 +848,7 @@ class _Converter:
         # bridge-utils: every link present at ifup time whose name matches one of its
         # regexes. The port stanzas of the file say which NICs the author meant.
         named = [n for n in self._names()
-                 if any(re.fullmatch(r, n) for r in _ALL_PORTS_REGEX)
+                 if n != self.bridge and any(re.fullmatch(r, n) for r in _ALL_PORTS_REGEX)
                  and all(st.method == "manual" for st in self.ifs.ifaces(n))]
         globs = ["eth*", "em*", "en*", "p[0-9]*"]
         if named:
@@ -918,8 +918,9 @@ class _Converter:
                 self._stanza(st, "tap")
             self.removed.append(port)
             return
-        if not ifname_ok(port):
-            self.refuse(where, f"bridge port {port}", "not a valid interface name")
+        if not ifname_ok(port) or port == self.bridge:
+            self.refuse(where, f"bridge port {port}", "not a valid interface name"
+                        if port != self.bridge else "a bridge cannot be its own port")
             return
         why = self._unfit_uplink(port)
         if why is not None:
@@ -946,14 +947,14 @@ class _Converter:
             else:
                 self.refuse(opt.where, opt.text, "brctl takes on/off/yes/no: ifupdown's bridge "
                                                  "kept STP off")
-        self.values.setdefault("stp", _Value(False))
-        delays = [o for st in stanzas for o in st.values("bridge_fd")]
-        for opt in delays:
+        stp = self.values.setdefault("stp", _Value(False)).value  # the first one counts
+        for opt in (o for st in stanzas for o in st.values("bridge_fd")):
             self._forward_delay(opt, stp)
-        if stp and not delays:
+        if stp and "forward_delay" not in self.values:
+            # No usable bridge_fd: brctl's setfd failed or was not run, the kernel kept its own.
             self.values["forward_delay"] = _Value(_KERNEL_FORWARD_DELAY, [stanzas[0].where])
             self.note(stanzas[0].where, "bridge_fd",
-                      f"not given: with STP on the kernel's default ({_KERNEL_FORWARD_DELAY} "
+                      f"none usable: with STP on the kernel's default ({_KERNEL_FORWARD_DELAY} "
                       "s) applied; it is written out")
         # With STP off the kernel forwards on a new port at once, whatever the delay.
         self.values.setdefault("forward_delay", _Value(0))
@@ -1306,6 +1307,12 @@ class _Converter:
         if prefix != "tap":
             self.note(None, f"taps.prefix = \"{prefix}\"",
                       "the prefix the taps share: bridged names only taps that start with it")
+        for uplink in list(self.uplinks):
+            if fnmatch.fnmatchcase(self.bridge, uplink.value):
+                self.refuse(uplink.sources[0], f"uplink {uplink.value}",
+                            f"matches the bridge {self.bridge} itself: bridged.toml refuses "
+                            "that; list the ports by name")
+                self.uplinks.remove(uplink)
         mode = self._mode()
         if mode is None:
             return None

@@ -283,6 +283,24 @@ def test_stp_on_without_bridge_fd_keeps_the_kernels_delay(tmp_path: Path):
     assert "bridge_maxage 12: not expressible" in refused(conversion)
 
 
+def test_stp_on_with_a_delay_the_kernel_refuses_keeps_the_kernels_delay(tmp_path: Path):
+    # brctl setfd 0 fails with STP on: ifupdown's bridge kept 15 s. Found by fuzzing.
+    conversion = convert_text(tmp_path, "iface br0 inet manual\n  bridge_ports eth0\n"
+                                        "  bridge_fd 0\n  bridge_stp on\n  bridge_stp off\n")
+    config = loaded(conversion, tmp_path)
+    assert config.bridge.stp is True and config.bridge.forward_delay == 15
+    text = refused(conversion)
+    assert "bridge_fd 0: out of range: bridged takes 2 to 30 seconds with STP on" in text
+    assert "bridge_stp off: conflicts with" in text
+
+
+def test_uplink_glob_matching_the_bridge_is_refused(tmp_path: Path):
+    conversion = convert_text(tmp_path, "iface eth9 inet manual\n  bridge_ports all\n")
+    assert [u.text for u in loaded(conversion, tmp_path).bridge.uplinks] == [
+        "em*", "en*", "p[0-9]*"]
+    assert "uplink eth*: matches the bridge eth9 itself" in refused(conversion)
+
+
 def test_stp_only_options_with_stp_off_are_notes(tmp_path: Path):
     conversion = convert_text(tmp_path, "iface br0 inet manual\n  bridge_ports none\n"
                                         "  bridge_hello 2\n  bridge_waitport 5 eth0\n")
