@@ -21,7 +21,7 @@ from bridged.api import BUS_NAME
 from bridged.auth import Authorizer
 from bridged.bridge import BridgeManager, State
 from bridged.bus.service import BusService, NameTaken, bus_address_from_env
-from bridged.config import DEFAULT_PATH, Config, load
+from bridged.config import DEFAULT_PATH, Config, check_reload, load
 from bridged.errors import BridgeUnavailable, ConfigError
 from bridged.ipconfig import IPManager
 from bridged.kernel.events import LinkMonitor
@@ -205,10 +205,7 @@ class Daemon:
         try:
             # Off the loop: the path may name something slow to read.
             new = await loop.run_in_executor(None, load, old.path)
-            if new.bridge.name != old.bridge.name:
-                raise ConfigError(new.path, "bridge.name",
-                                  f"changed from {old.bridge.name} to {new.bridge.name}: "
-                                  "restart bridged to rename the bridge")
+            check_reload(old, new)
         except ConfigError as e:
             log.error("reload refused, keeping the running configuration: %s", e,
                       extra={"BRIDGED_EVENT": "reload-failed", "CONFIG_FILE": e.path})
