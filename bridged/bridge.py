@@ -13,6 +13,7 @@ import contextlib
 import enum
 import errno
 import logging
+import os
 from collections.abc import Callable
 
 from bridged.config import MAC_FROM_UPLINK, BridgeConfig
@@ -28,6 +29,13 @@ log = logging.getLogger(__name__)
 # round-robin tap names go on after a restart (see TapRegistry).
 BRIDGE_MARK = "bridged:bridge"
 DEFAULT_MTU = 1500
+
+
+def made_by(name: str) -> str:
+    """Which tool a bridge bridged did not make seems to come from, as " (...)"."""
+    if os.path.exists(f"/run/network/ifstate.{name}"):
+        return f" (ifupdown brought it up: /etc/network/interfaces has 'iface {name}')"
+    return " (another tool made it: ifupdown, NetworkManager, systemd-networkd, or by hand)"
 
 
 class State(enum.Enum):
@@ -59,6 +67,9 @@ class BridgeManager:
         self._pending_uplinks: set[int] = set()
         self._bridge_dirty = False
         self._addresses_lost = False
+        self._uplinks_to_clear: set[int] = set()
+        # Tells bridged's own taps from other ports (the tap registry answers).
+        self.is_tap: Callable[[Link], bool] = lambda link: False
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         # index -> master it had when enslaving failed; retried once that changes.
@@ -95,8 +106,16 @@ class BridgeManager:
         index = self.index
         return [link for link in self.uplinks() if index and link.master == index]
 
+    def foreign_ports(self) -> list[Link]:
+        """Ports that are neither uplinks nor bridged's taps: another tool put them there."""
+        return [p for p in self.ports()
+                if p.index not in self._uplink_indexes and not self.is_tap(p)]
+
     def watches_addresses_of(self, index: int) -> bool:
-        return index == self.index
+        if index == self.index:
+            return True
+        link = self.links.get(index) if index in self._uplink_indexes else None
+        return link is not None and self.bridge is not None and link.master == self.bridge.index
 
     def status_line(self) -> str:
         if self.bridge is None:
@@ -204,6 +223,11 @@ class BridgeManager:
         elif self.bridge is not None and (
                 (old is not None and old.master == self.bridge.index) !=
                 (new.master == self.bridge.index)):
+            if new.master == self.bridge.index and not self.is_tap(new):
+                log.warning("%s joined %s but is neither an uplink nor a bridged tap: another "
+                            "tool put it there (a foreign port; bridged leaves it alone)",
+                            new.name, self.bridge.name,
+                            extra={"INTERFACE": new.name, "BRIDGED_EVENT": "foreign-port"})
             self._notify()  # a port came or went
 
     def _link_gone(self, link: Link) -> None:
@@ -226,13 +250,39 @@ class BridgeManager:
         self._update_state()
 
     def handle_address_event(self, event: AddressEvent) -> None:
-        if self.bridge is None or event.index != self.bridge.index:
+        if self.bridge is None:
+            return
+        if event.index != self.bridge.index:
+            self._uplink_address(event)
             return
         if event.removed:
             self.addresses.discard(event.address)
         else:
             self.addresses.add(event.address)
         self._notify()
+
+    def _uplink_address(self, event: AddressEvent) -> None:
+        """An address appeared on an enslaved uplink: another tool's DHCP client or
+        profile (NetworkManager, networkd, ifupdown) configured it again. It is dead
+        there, and its routes compete with the bridge's: remove them."""
+        link = self.links.get(event.index)
+        if event.removed or not event.address.is_global or link is None or \
+                link.master != self.index or self.rolled_back is not None:
+            return  # (a rollback gives the uplink its addresses back, on purpose)
+        if not self.ip.manages_ip:
+            log.warning("address %s appeared on %s, which is enslaved to %s: it cannot work "
+                        "there; stop the tool that put it there (ip.mode = \"none\": bridged "
+                        "leaves addresses alone)", event.address.interface, link.name,
+                        self.config.name, extra={"INTERFACE": link.name,
+                                                 "BRIDGED_EVENT": "uplink-address"})
+            return
+        log.warning("address %s appeared on %s, which is enslaved to %s; removing it (another "
+                    "tool configures %s: see 'journalctl -u bridged' for which)",
+                    event.address.interface, link.name, self.config.name, link.name,
+                    extra={"INTERFACE": link.name, "BRIDGED_EVENT": "uplink-address",
+                           "BRIDGED_ADDRESS": str(event.address.interface)})
+        self._uplinks_to_clear.add(link.index)
+        self._wakeup.set()
 
     def addresses_lost(self) -> None:
         """Address events were lost: read the bridge's addresses again."""
@@ -330,6 +380,11 @@ class BridgeManager:
                                           "BRIDGED_EVENT": "bridge-unavailable"})
                 return
             self._pending_uplinks.update(link.index for link in self.uplinks())
+        while self._uplinks_to_clear:
+            link = self.links.get(self._uplinks_to_clear.pop())
+            if link is not None and self.bridge is not None and link.master == self.index \
+                    and self.rolled_back is None:
+                await self.ip.clear_uplink(self.bridge, link)
         while self._pending_uplinks:
             index = self._pending_uplinks.pop()
             try:
@@ -362,9 +417,17 @@ class BridgeManager:
             log.info("bridge %s created", cfg.name,
                      extra={"INTERFACE": cfg.name, "BRIDGED_EVENT": "bridge-created"})
         else:
+            ours = (link.alias or "").startswith(BRIDGE_MARK)
+            if not ours and not cfg.adopt:
+                raise BridgeUnavailable(
+                    f"bridge {cfg.name} exists and bridged did not make it"
+                    f"{made_by(cfg.name)}; bridged does not take over another tool's bridge: "
+                    f"remove it there (and 'ip link del {cfg.name}'), or set "
+                    "bridge.adopt = true to take it over as it is")
             await self._netlink.set_bridge_options(link.index, cfg.stp, cfg.forward_delay)
             if self.bridge is None:
-                log.info("bridge %s adopted", cfg.name,
+                log.info("bridge %s adopted%s", cfg.name,
+                         "" if ours else " (bridge.adopt = true)",
                          extra={"INTERFACE": cfg.name, "BRIDGED_EVENT": "bridge-adopted"})
         changes: dict[str, object] = {"state": "up", "mtu": self._desired_mtu()}
         if cfg.mac not in (None, MAC_FROM_UPLINK):

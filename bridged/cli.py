@@ -70,6 +70,7 @@ async def gather_status(client: Client) -> dict[str, Any]:
     taps = sorted((tap_record(path, ifaces[TAP]) for path, ifaces in objects.items()
                    if TAP in ifaces), key=lambda t: (len(t["name"]), t["name"]))
     tap_names = {t["name"] for t in taps}
+    foreign = bridge.get("ForeignPorts", [])
     return {
         "version": manager["Version"], "state": manager["State"],
         "status": manager.get("StatusText", ""),
@@ -78,7 +79,9 @@ async def gather_status(client: Client) -> dict[str, Any]:
                    "stp": bridge.get("STP"), "forward_delay": bridge.get("ForwardDelay"),
                    "operstate": bridge.get("OperState"), "addresses": bridge.get("Addresses", [])},
         "uplinks": {"configured": bridge.get("Uplinks", []),
-                    "enslaved": [p for p in bridge.get("Ports", []) if p not in tap_names]},
+                    "enslaved": [p for p in bridge.get("Ports", [])
+                                 if p not in tap_names and p not in foreign]},
+        "foreign_ports": foreign,
         "taps": taps,
     }
 
@@ -95,6 +98,8 @@ def render_status(status: dict[str, Any]) -> str:
         f"          STP: {'on' if b['stp'] else 'off'} (forward delay {b['forward_delay']} s)",
         f"    Addresses: {', '.join(b['addresses']) or '-'}",
         f"      Uplinks: {enslaved}; configured: {', '.join(up['configured']) or 'none'}",
+        *([f"Foreign ports: {', '.join(status['foreign_ports'])} (not bridged's: another "
+           "tool put them on the bridge)"] if status["foreign_ports"] else []),
         f"         Taps: {len(status['taps'])}",
     ]
     if status["taps"]:

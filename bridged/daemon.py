@@ -56,6 +56,7 @@ class Daemon:
                                 self.reaper, self.links)
         self.links.subscribe(self.bridge.link_changed)
         self.links.subscribe(self.taps.link_changed)
+        self.bridge.is_tap = self.taps.owns
         self.monitor = LinkMonitor(self.links.event, self._events_lost,
                                    self.bridge.handle_address_event,
                                    self.bridge.watches_addresses_of)

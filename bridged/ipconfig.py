@@ -134,7 +134,13 @@ class IPManager:
             return 0
         for route in self.desired_routes():
             await self._replace_route(bridge, route)
-        # An enslaved port's own addresses are dead: its frames go to the bridge device.
+        return await self.clear_uplink(bridge, uplink)
+
+    async def clear_uplink(self, bridge: Link, uplink: Link) -> int:
+        """An enslaved port's own addresses are dead (its frames go to the bridge device)
+        and its routes lead nowhere: remove them. Returns how many addresses went."""
+        if not self.manages_ip:
+            return 0
         for route in _movable_routes(await self._netlink.routes(uplink.index)):
             await self._netlink.delete_route(uplink.index, route)
         on_bridge = set(self.desired_addresses())

@@ -634,6 +634,10 @@ class TapRegistry:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def owns(self, link: Link) -> bool:
+        """Is ``link`` one of bridged's taps (registered, or being created)?"""
+        return link.index in self._by_index or link.name in self._reserved
+
     def count_for(self, uid: int) -> int:
         return sum(1 for t in self.taps.values() if t.owner_uid == uid)
 

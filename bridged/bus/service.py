@@ -339,6 +339,7 @@ class BusService:
             "OperState": ("s", link(lambda b: b.operstate.lower(), "absent")),
             "Uplinks": ("as", lambda: [p.text for p in config.uplinks]),
             "Ports": ("as", lambda: [p.name for p in bridge.ports()]),
+            "ForeignPorts": ("as", lambda: [p.name for p in bridge.foreign_ports()]),
             "Addresses": ("as", lambda: sorted(str(a.interface) for a in bridge.addresses
                                                if a.is_global)),
         }

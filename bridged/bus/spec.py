@@ -109,7 +109,7 @@ BRIDGE = Interface(
     properties=(Property("Name", "s"), Property("Index", "i"), Property("MACAddress", "s"),
                 Property("MTU", "u"), Property("STP", "b"), Property("ForwardDelay", "u"),
                 Property("OperState", "s"), Property("Uplinks", "as"), Property("Ports", "as"),
-                Property("Addresses", "as")),
+                Property("ForeignPorts", "as"), Property("Addresses", "as")),
     signals=(Signal("UplinkChanged", (Arg("ifname", "s"), Arg("state", "s"))),),
 )
 
