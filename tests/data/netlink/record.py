@@ -21,10 +21,12 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -61,8 +63,10 @@ def build() -> None:
     ip("link", "set", "tap0", "address", "02:00:00:00:03:00", "master", "br0",
        "alias", "bridged:1000:vm0", "mtu", "1400")
     ip("link", "add", "mv0", "link", "vt1", "type", "macvlan", "mode", "bridge")
+    ip("link", "add", "mvt0", "link", "vt1", "type", "macvtap", "mode", "bridge")
     ip("link", "add", "vx0", "type", "vxlan", "id", "42", "dstport", "4789",
        "local", "192.0.2.1", "nolearning")
+    ip("link", "add", "ifb0", "type", "ifb")
     for name in ("br0", "vt0", "vt1", "tap0", "mv0"):
         ip("link", "set", name, "up")
     # Addresses: permanent, dynamic (lifetimes), deprecated, no prefix route, metric.
@@ -167,9 +171,45 @@ def record_errors() -> bytes:
     return out
 
 
+def iproute2_view() -> dict[str, object]:
+    return {
+        "links.json": json.loads(ip("-j", "-d", "link", "show")),
+        "addresses.json": json.loads(ip("-j", "addr", "show")),
+        "routes.json": json.loads(ip("-j", "-d", "-4", "route", "show", "table", "all"))
+        + json.loads(ip("-j", "-d", "-6", "route", "show", "table", "all")),
+    }
+
+
+def settled(view: dict[str, object]) -> str:
+    """The view without what counts down, to see whether anything changed meanwhile."""
+    text = json.dumps(view, sort_keys=True)
+    for key in ("valid_life_time", "preferred_life_time", "expires"):
+        text = re.sub(rf'"{key}": \d+', f'"{key}": 0', text)
+    return text
+
+
 def main() -> None:
     enter_own_namespace()
     build()
+    # The bytes and iproute2's view must show the same state: take both until nothing
+    # (duplicate detection, link-local addresses) changed between two views around them.
+    for _attempt in range(20):
+        before = iproute2_view()
+        files = record()
+        oracles = iproute2_view()
+        if settled(before) == settled(oracles):
+            break
+        time.sleep(0.2)
+    else:
+        raise SystemExit("the namespace kept changing; nothing recorded")
+    for name, data in files.items():
+        (HERE / name).write_bytes(data)
+    for name, value in oracles.items():
+        (HERE / name).write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
+    print("recorded:", ", ".join(f"{n} ({len(d)} bytes)" for n, d in files.items()))
+
+
+def record() -> dict[str, bytes]:
     sock = rtnl.RtnlSocket()
     files = {
         "links.bin": dump(sock, rtnl.RTM_GETLINK, rtnl.IFINFOMSG.pack(0, 0, 0, 0, 0)),
@@ -182,17 +222,7 @@ def main() -> None:
         "errors.bin": record_errors(),
     }
     sock.close()
-    oracles = {
-        "links.json": json.loads(ip("-j", "-d", "link", "show")),
-        "addresses.json": json.loads(ip("-j", "addr", "show")),
-        "routes.json": json.loads(ip("-j", "-d", "-4", "route", "show", "table", "all"))
-        + json.loads(ip("-j", "-d", "-6", "route", "show", "table", "all")),
-    }
-    for name, data in files.items():
-        (HERE / name).write_bytes(data)
-    for name, value in oracles.items():
-        (HERE / name).write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
-    print("recorded:", ", ".join(f"{n} ({len(d)} bytes)" for n, d in files.items()))
+    return files
 
 
 if __name__ == "__main__":
