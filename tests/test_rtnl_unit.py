@@ -471,6 +471,8 @@ def test_dump_inconsistent_every_time_gives_up(links: list[bytes]) -> None:
         RtnlSocket(scripted).dump_links()  # type: ignore[arg-type]
     assert len(scripted.sent) == rtnl.DUMP_ATTEMPTS
     assert raised.value.errno == errno.EAGAIN and "NLM_F_DUMP_INTR" in str(raised.value)
+    assert raised.value.ext_ack is None  # not the kernel's words: ours
+    assert str(pickle.loads(pickle.dumps(raised.value))) == str(raised.value)
 
 
 def test_replies_to_other_requests_or_sockets_are_ignored(links: list[bytes]) -> None:
@@ -500,7 +502,9 @@ def test_refused_request_raises_with_the_kernels_words() -> None:
     assert isinstance(raised.value, NetlinkError)
     assert (raised.value.errno, raised.value.ext_ack, raised.value.ext_ack_offset) == \
         (errno.ERANGE, "Attribute failed policy validation", 32)
-    assert pickle.loads(pickle.dumps(raised.value)).ext_ack == raised.value.ext_ack
+    copy = pickle.loads(pickle.dumps(raised.value))
+    assert (type(copy), str(copy), copy.ext_ack_offset) == \
+        (NetlinkError, str(raised.value), 32)
     sock.set_link(2, up=True)  # a bare ack is success
 
 
@@ -510,7 +514,8 @@ def test_truncated_datagram_is_an_error_not_a_short_answer(links: list[bytes]) -
     scripted = ScriptedSocket(lambda seq, _r: [big])
     with pytest.raises(NetlinkError) as raised:
         RtnlSocket(scripted).get_link(1)  # type: ignore[arg-type]
-    assert raised.value.errno == errno.EMSGSIZE
+    assert raised.value.errno == errno.EMSGSIZE and raised.value.ext_ack is None
+    assert "longer than 65536 bytes" in str(raised.value)
 
 
 def test_kernel_error_carries_the_reason() -> None:
