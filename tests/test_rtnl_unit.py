@@ -9,6 +9,7 @@ The bytes come from tests/data/netlink/record.py (run as root to re-record).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import ipaddress
 import json
@@ -53,6 +54,7 @@ SCOPES = {0: "global", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
 TYPES = {1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast",
          6: "blackhole", 7: "unreachable", 8: "prohibit"}
 PREFS = {0: "medium", 1: "high", 3: "low"}
+RTNH_F_LINKDOWN = 0x10
 
 
 def recorded(name: str) -> list[bytes]:
@@ -269,7 +271,8 @@ def _iproute2_route(ref: dict[str, Any], names: dict[str, int]) -> tuple[Any, ..
     table = ref.get("table", "main")
     return (str(ipaddress.ip_network(dst)), names.get(ref.get("dev", "")), gateway,
             ref.get("metric"), table, ref.get("type", "unicast"), ref["protocol"], ref["scope"],
-            int(ref.get("tos", "0"), 16), "onlink" in ref["flags"], ref.get("prefsrc"),
+            int(ref.get("tos", "0"), 16), "onlink" in ref["flags"], "linkdown" in ref["flags"],
+            ref.get("prefsrc"),
             tuple(sorted(metrics.items())), hops, ref.get("pref"))
 
 
@@ -281,7 +284,8 @@ def _our_route(route: Route) -> tuple[Any, ...]:
     return (str(route.destination), route.oif, str(route.gateway) if route.gateway else None,
             route.priority, TABLES.get(route.table, str(route.table)), TYPES[route.type],
             PROTOCOLS[route.protocol], SCOPES[route.scope], route.tos, route.onlink,
-            str(route.prefsrc) if route.prefsrc else None, tuple(sorted(metrics.items())),
+            bool(route.flags & RTNH_F_LINKDOWN), str(route.prefsrc) if route.prefsrc else None,
+            tuple(sorted(metrics.items())),
             hops, PREFS[route.pref] if route.pref is not None else None)
 
 
@@ -306,9 +310,14 @@ def _as_message(body: bytes, kind: int = rtnl.RTM_NEWROUTE) -> bytes:
 
 def test_encoded_routes_decode_to_themselves() -> None:
     routes = [r for r in (decode_route(m, 0, len(m)) for m in recorded("routes.bin")) if r]
+    assert any(r.flags & RTNH_F_LINKDOWN for r in routes)  # the kernel's to say
     for route in routes:
         body = encode_route(route)
-        assert decode_route(_as_message(body), 0, len(body) + 16) == route, route
+        sendable = dataclasses.replace(
+            route, flags=route.flags & RTNH_F_ONLINK,
+            multipath=tuple(dataclasses.replace(h, flags=h.flags & RTNH_F_ONLINK)
+                            for h in route.multipath))
+        assert decode_route(_as_message(body), 0, len(body) + 16) == sendable, route
         # The kernel reports an expiry in RTA_CACHEINFO and takes it as RTA_EXPIRES.
         sent = _sent_attributes(_as_message(body), rtnl.RTMSG.size).get(rtnl.RTA_EXPIRES)
         assert sent == (struct.pack("=I", route.expires) if route.expires else None), route
