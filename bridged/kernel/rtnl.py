@@ -405,7 +405,7 @@ def decode_error(data: bytes, offset: int, length: int) -> NetlinkError | None:
     _length, kind, flags, _seq, _pid = NLMSGHDR.unpack_from(data, offset)
     if length < NLMSGHDR.size + 4:
         if kind == NLMSG_DONE:
-            return None  # kernels before 4.x ended dumps without the int
+            return None  # no errno to report (Linux always sends one; be lenient)
         raise DecodeError(f"a {length}-byte NLMSG_ERROR")
     error = I32.unpack_from(data, body)[0]
     if error >= 0:
