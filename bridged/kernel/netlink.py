@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from bridged.kernel import tun
 from bridged.kernel.link import Address, Link, Route
-from bridged.kernel.rtnl import AF_BRIDGE, RtnlSocket
+from bridged.kernel.rtnl import AF_BRIDGE, DecodeError, RtnlSocket
 
 __all__ = ["AF_BRIDGE", "RTPROT_KERNEL", "Address", "KernelError", "Link", "Netlink", "Route",
            "TapSpec"]
@@ -38,12 +38,15 @@ USER_HZ = 100
 
 
 class KernelError(Exception):
-    """A netlink or ioctl request the kernel refused; ``errno`` says why."""
+    """A netlink or ioctl request the kernel refused; ``errno`` says why, and
+    ``reason`` in the kernel's own words when it gave them (netlink extended ack)."""
 
-    def __init__(self, errno: int, what: str) -> None:
+    def __init__(self, errno: int, what: str, reason: str | None = None) -> None:
         self.errno = errno
         self.what = what
-        super().__init__(f"{what}: {_strerror(errno)}")
+        self.reason = reason
+        text = f"{what}: {_strerror(errno)}"
+        super().__init__(f"{text} ({reason})" if reason else text)
 
 
 def _strerror(errno: int) -> str:
@@ -86,10 +89,13 @@ class Netlink:
         return await loop.run_in_executor(self._executor, self._call, fn, args)
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        what = f"{fn.__name__.lstrip('_')}{args!r}"
         try:
             return fn(self._socket(), *args)
-        except OSError as e:  # netlink errors, tun ioctls, if_nametoindex
-            raise KernelError(e.errno or 0, f"{fn.__name__.lstrip('_')}{args!r}") from None
+        except OSError as e:  # netlink errors (NetlinkError), tun ioctls, if_nametoindex
+            raise KernelError(e.errno or 0, what, getattr(e, "reason", None)) from None
+        except DecodeError as e:  # a reply that does not parse: never a crash of the lane
+            raise KernelError(errnos.EBADMSG, what, str(e)) from None
 
     def close(self) -> None:
         def close_socket() -> None:
@@ -142,7 +148,11 @@ class Netlink:
     async def addresses(self, index: int) -> list[Address]:
         return await self.run(RtnlSocket.addresses, index)
 
-    async def add_address(self, index: int, interface: Interface, nodad: bool = False) -> None:
+    async def add_address(self, index: int, interface: Interface | Address,
+                          nodad: bool = False) -> None:
+        """Add an address. Given an ``Address`` (as read from another link), its flags,
+        remaining lifetimes, broadcast and metric come with it: a leased address stays
+        leased instead of becoming permanent."""
         await self.run(_add_address, index, interface, nodad)
 
     async def delete_address(self, index: int, interface: Interface) -> None:
@@ -151,8 +161,12 @@ class Netlink:
     async def routes(self, index: int) -> list[Route]:
         return await self.run(RtnlSocket.routes, index)
 
-    async def replace_route(self, index: int, route: Route) -> None:
-        await self.run(_replace_route, index, route)
+    async def replace_route(self, index: int, route: Route, *,
+                            instead_of: int | None = None) -> None:
+        """Add or change ``route`` via ``index``. With ``instead_of``, a route read from
+        that interface (``routes(instead_of)``) is re-created via ``index`` as it was:
+        its hops through ``instead_of`` go through ``index``, the rest is kept."""
+        await self.run(_replace_route, index, route, instead_of)
 
     async def delete_route(self, index: int, route: Route) -> None:
         await self.run(_delete_route, index, route)
@@ -247,9 +261,18 @@ def _create_tap(sock: RtnlSocket, spec: TapSpec) -> tuple[Link, list[int]]:
     return link, fds
 
 
-def _add_address(sock: RtnlSocket, index: int, interface: Interface, nodad: bool) -> None:
+def _add_address(sock: RtnlSocket, index: int, interface: Interface | Address,
+                 nodad: bool) -> None:
     try:
-        sock.address(index, interface, add=True, nodad=nodad and interface.version == 6)
+        if isinstance(interface, Address):
+            address = interface
+            sock.address(index, address.interface, add=True,
+                         nodad=nodad and address.interface.version == 6, flags=address.flags,
+                         scope=address.scope, preferred_lft=address.preferred_lft,
+                         valid_lft=address.valid_lft, broadcast=address.broadcast,
+                         metric=address.metric)
+        else:
+            sock.address(index, interface, add=True, nodad=nodad and interface.version == 6)
     except OSError as e:
         if e.errno != errnos.EEXIST:  # already there, which is what we want
             raise
@@ -263,8 +286,8 @@ def _delete_address(sock: RtnlSocket, index: int, interface: Interface) -> None:
             raise
 
 
-def _replace_route(sock: RtnlSocket, index: int, route: Route) -> None:
-    sock.route(index, route, replace=True)
+def _replace_route(sock: RtnlSocket, index: int, route: Route, instead_of: int | None) -> None:
+    sock.route(index, route, replace=True, instead_of=instead_of)
 
 
 def _delete_route(sock: RtnlSocket, index: int, route: Route) -> None:
