@@ -76,6 +76,7 @@ class TapsConfig:
     allow_groups: tuple[str, ...] = ("bridged",)
     max_per_user: int = 16
     max_total: int = 1000
+    guard: bool = True
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {
         "allow_groups": ("allow_groups", _list_of(_group)),
         "max_per_user": ("max_per_user", _int_range(0, BRIDGE_MAX_PORTS)),
         "max_total": ("max_total", _int_range(0, BRIDGE_MAX_PORTS)),
+        "guard": ("guard", _bool),
     },
     "auth": {
         "polkit": ("polkit", _bool),
