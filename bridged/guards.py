@@ -157,7 +157,7 @@ class Guards:
             del self._last_logged[key]
         try:
             async with self.creating():
-                dropped = await self._netlink.run_nft(nft.unguard_port, tap.index,
+                dropped = await self._netlink.run_nft(nft.unguard_port, tap.name,
                                                       tap.mac or None)
         except nft.NftError as e:
             # The table does not hold what we think: write it again from what we know.
@@ -177,6 +177,20 @@ class Guards:
 
     def release_soon(self, tap: Tap) -> None:
         self._spawn(self.release(tap))
+
+    async def renamed(self, tap: Tap, old_name: str) -> None:
+        """Someone renamed a guarded tap: its guards follow (they are keyed by name)."""
+        if self._taps.get(tap.index) is not tap or not self.available:
+            return
+        try:
+            async with self.creating():
+                await self._netlink.run_nft(nft.rename_port, old_name, tap.name,
+                                            tap.mac or None)
+        except nft.NftError as e:
+            log.warning("moving the guards of %s to its new name: %s; rebuilding the "
+                        "guards' table", tap.name, e,
+                        extra={"INTERFACE": tap.name, "BRIDGED_EVENT": "guard-rebuild"})
+            self.rebuild_soon()
 
     # --- keeping the table -----------------------------------------------------------------
 
@@ -204,7 +218,8 @@ class Guards:
             self._rebuilding = True
             await self._cond.wait_for(lambda: self._creating == 0)
         try:
-            ports = [nft.Port(index, tap.mac or None) for index, tap in self._taps.items()]
+            by_name = {tap.name: tap for tap in self._taps.values()}
+            ports = [nft.Port(name, tap.mac or None) for name, tap in by_name.items()]
             learned = await self._netlink.run_nft(nft.reconcile, LOG_GROUP, ports,
                                                   self.enabled)
         finally:
@@ -213,8 +228,8 @@ class Guards:
                 self._cond.notify_all()
         log.info("guards' table in place: %d guarded taps", len(ports),
                  extra={"BRIDGED_EVENT": "guards-ready"})
-        for index, mac in learned.items():
-            tap = self._taps.get(index)
+        for name, mac in learned.items():
+            tap = by_name.get(name)
             if tap is not None and not tap.mac:
                 self._learned(tap, mac)
 
@@ -260,7 +275,7 @@ class Guards:
             self._spawn(self._log_drop_count(tap, reason, sample.mac))
 
     async def _log_drop_count(self, tap: Tap, reason: int, mac: str | None) -> None:
-        dropped = await self._netlink.run_nft(nft.read_dropped, tap.index)
+        dropped = await self._netlink.run_nft(nft.read_dropped, tap.name)
         self._log_drop(tap, reason, mac, dropped.get(reason, (0, 0))[0])
 
     @staticmethod
@@ -290,7 +305,7 @@ class Guards:
 
     async def _forget_mac(self, tap: Tap, mac: str) -> None:
         async with self.creating():
-            await self._netlink.run_nft(nft.forget_mac, tap.index, mac)
+            await self._netlink.run_nft(nft.forget_mac, tap.name, mac)
         log.warning("tap %s: a second MAC %s slipped in with the first; removed", tap.name,
                     mac, extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
                                 "BRIDGED_EVENT": "guard-learned-twice"})

@@ -399,10 +399,13 @@ class TapRegistry:
             raise
         finally:
             self._reserved.pop(name, None)
-        log.info("tap %s created for uid %d%s", name, caller.uid,
-                 f" ({request.label})" if request.label else "",
+        guards = ("guarded, guest MAC " + (tap.mac or "to be learned")) if tap.guarded else \
+            "trusted: no guards" if tap.trusted else "no guards (taps.guard = false)"
+        log.info("tap %s created for uid %d%s; %s", name, caller.uid,
+                 f" ({request.label})" if request.label else "", guards,
                  extra={"INTERFACE": name, "BRIDGED_TAP": name, "BRIDGED_UID": caller.uid,
                         "BRIDGED_PID": caller.pid, "BRIDGED_LABEL": request.label,
+                        "BRIDGED_GUARDED": int(tap.guarded), "BRIDGED_GUARD_MAC": tap.mac,
                         "BRIDGED_EVENT": "tap-created" if persistent else "tap-opened"})
         return tap, fds
 
@@ -559,8 +562,9 @@ class TapRegistry:
                         extra={"INTERFACE": new.name, "BRIDGED_TAP": new.name,
                                "BRIDGED_EVENT": "tap-renamed"})
             self._forget_keep_pidfd(tap)
-            tap.name = new.name
+            old_name, tap.name = tap.name, new.name
             self._register_again(tap)
+            self._spawn(self._guards.renamed(tap, old_name))
         bridge = self._bridge.index
         if bridge is not None and (new.master != bridge or not new.up):
             if old is not None and old.master == bridge and new.master != bridge:

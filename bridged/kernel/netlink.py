@@ -258,7 +258,7 @@ def _create_tap(sock: RtnlSocket, spec: TapSpec) -> tuple[Link, list[int]]:
         try:
             if spec.guard is not None:
                 # Before the tap is up: its first frame already meets the guards.
-                nft.guard_port(nft.context(), spec.guard.log_group, index, spec.guard.mac)
+                nft.guard_port(nft.context(), spec.guard.log_group, spec.name, spec.guard.mac)
                 guarded = True
             sock.set_link(index, address=spec.mac, alias=spec.alias, master=spec.master,
                           mtu=spec.mtu, up=True)
@@ -276,7 +276,8 @@ def _create_tap(sock: RtnlSocket, spec: TapSpec) -> tuple[Link, list[int]]:
                 fcntl.ioctl(fds[0], tun.TUNSETPERSIST, 0)
             if guarded:
                 with contextlib.suppress(nft.NftError):
-                    nft.unguard_port(nft.context(), index, spec.guard.mac if spec.guard else None)
+                    nft.unguard_port(nft.context(), spec.name,
+                                     spec.guard.mac if spec.guard else None)
             raise
     except BaseException:
         tun.close_all(fds)

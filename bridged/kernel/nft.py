@@ -4,9 +4,12 @@ The only code in bridged that talks to libnftables. It states no policy: it writ
 reads one table, ``bridge bridged``, whose rules drop, at the bridge's prerouting hook
 (before the bridge learns a source address or forwards anything), what a guarded port
 must not send. Which ports are guarded and from which MAC they may send is data, kept
-in sets keyed by interface index, so adding or removing a port is one small
-transaction whatever the number of ports (a chain per port made libnftables read every
-chain of the table on each change: 10 ms per tap at 1000 taps instead of 0.1 ms).
+in sets keyed by interface name, so adding or removing a port is one small transaction
+whatever the number of ports: a chain per port made libnftables read every chain of the
+table on each change (10 ms per tap at 1000 taps, against 0.1 ms), and keys of type
+iface_index made it dump every link of the namespace to resolve them (2 ms at 300 links).
+Port names are bridged's own (its prefix, handed out round-robin); a renamed port is
+re-keyed by the daemon.
 
 libnftables blocks (it talks netlink synchronously), so every function here runs on a
 netlink lane's thread, with that thread's own context (``context()``).
@@ -16,9 +19,8 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +63,7 @@ class NftError(Exception):
 class Port:
     """One guarded port as the table holds it."""
 
-    index: int
+    name: str
     mac: str | None = None  # the MAC it may send from; None until learned
     # reason -> (packets, bytes) dropped so far
     dropped: dict[int, tuple[int, int]] = field(default_factory=dict)
@@ -120,7 +122,7 @@ def check_available() -> None:
 
 def _drop_chain(reason: int, log_group: int) -> str:
     return (f"  chain drop_{reason} {{\n"
-            f"    update @dropped {{ iif . {reason} }}\n"
+            f"    update @dropped {{ iifname . {reason} }}\n"
             f"    {LOG_RATE} log group {log_group} prefix \"{DROP_PREFIX}{reason}\"\n"
             f"    drop\n  }}\n")
 
@@ -128,14 +130,24 @@ def _drop_chain(reason: int, log_group: int) -> str:
 def _elements(ports: Iterable[Port]) -> tuple[list[str], list[str], list[str], list[str]]:
     guarded, learned, macs, dropped = [], [], [], []
     for port in ports:
-        guarded.append(str(port.index))
+        name = _quoted(port.name)
+        guarded.append(name)
         if port.mac is not None:
-            learned.append(f"{port.index} : {port.mac}")
-            macs.append(f"{port.index} . {port.mac}")
+            learned.append(f"{name} : {port.mac}")
+            macs.append(f"{name} . {port.mac}")
         for reason in REASONS:
             packets, octets = port.dropped.get(reason, (0, 0))
-            dropped.append(f"{port.index} . {reason} counter packets {packets} bytes {octets}")
+            dropped.append(f"{name} . {reason} counter packets {packets} bytes {octets}")
     return guarded, learned, macs, dropped
+
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+def _quoted(name: str) -> str:
+    if not NAME_RE.match(name):  # bridged's tap names never fail this
+        raise NftError(f"{name!r} is not a tap name bridged would use")
+    return f'"{name}"'
 
 
 def _set_elements(items: list[str]) -> str:
@@ -148,17 +160,17 @@ def table_text(log_group: int, ports: Iterable[Port]) -> str:
     drops = "".join(_drop_chain(reason, log_group) for reason in REASONS)
     return f"""table {FAMILY} {TABLE} {{
   comment "{COMMENT}"
-  set guarded {{ type iface_index;{_set_elements(guarded)} }}
-  map learned {{ type iface_index : ether_addr; flags dynamic;{_set_elements(learned)} }}
-  set macs {{ type iface_index . ether_addr; flags dynamic;{_set_elements(macs)} }}
-  set dropped {{ type iface_index . mark; flags dynamic; counter;{_set_elements(dropped)} }}
+  set guarded {{ type ifname;{_set_elements(guarded)} }}
+  map learned {{ type ifname : ether_addr; flags dynamic;{_set_elements(learned)} }}
+  set macs {{ type ifname . ether_addr; flags dynamic;{_set_elements(macs)} }}
+  set dropped {{ type ifname . mark; flags dynamic; counter;{_set_elements(dropped)} }}
 {drops}  chain prerouting {{
     type filter hook prerouting priority -200; policy accept;
-    iif != @guarded accept
-    iif != @learned add @learned {{ iif : ether saddr }} add @macs {{ iif . ether saddr }} log group {log_group} prefix "{LEARN_PREFIX}"
-    iif . ether saddr != @macs goto drop_1
+    iifname != @guarded accept
+    iifname != @learned add @learned {{ iifname : ether saddr }} add @macs {{ iifname . ether saddr }} log group {log_group} prefix "{LEARN_PREFIX}"
+    iifname . ether saddr != @macs goto drop_1
     ether type {{ 8021q, 8021ad }} goto drop_2
-    iif . arp saddr ether != @macs goto drop_3
+    iifname . arp saddr ether != @macs goto drop_3
     icmpv6 type {{ nd-router-advert, nd-redirect }} goto drop_4
     icmp type redirect goto drop_4
     ether type ip udp sport 67 goto drop_5
@@ -168,13 +180,8 @@ def table_text(log_group: int, ports: Iterable[Port]) -> str:
 """  # noqa: E501
 
 
-def read_table(nft: Nft, index_of: Callable[[str], int | None],
-               ) -> tuple[str, dict[int, Port]] | None:
-    """(comment, ports) of the table in the kernel, or None if there is none.
-
-    libnftables names an interface index by the interface's name when it exists, so
-    ``index_of`` turns names back into indexes.
-    """
+def read_table(nft: Nft) -> tuple[str, dict[str, Port]] | None:
+    """(comment, ports by name) of the table in the kernel, or None if there is none."""
     try:
         data = nft.run_json(f"list table {FAMILY} {TABLE}")
     except NftError as e:
@@ -182,14 +189,6 @@ def read_table(nft: Nft, index_of: Callable[[str], int | None],
             return None
         raise
     comment = ""
-    ports: dict[int, Port] = {}
-
-    def port(value: Any) -> Port | None:
-        index = _index(value, index_of)
-        if index is None:
-            return None
-        return ports.setdefault(index, Port(index))
-
     sets: dict[str, list[Any]] = {}
     for item in data.get("nftables", []):
         if "table" in item:
@@ -197,65 +196,45 @@ def read_table(nft: Nft, index_of: Callable[[str], int | None],
         elif "set" in item or "map" in item:
             body = item.get("set") or item.get("map")
             sets[body["name"]] = body.get("elem", [])
-    for value in sets.get("guarded", []):
-        port(value)
+    ports = {str(name): Port(str(name)) for name in sets.get("guarded", [])}
     for elem in sets.get("macs", []):
         key = _value(elem)
         if isinstance(key, dict) and len(key.get("concat", [])) == 2:
-            p = port(key["concat"][0])
+            port = ports.get(str(key["concat"][0]))
             mac = str(key["concat"][1]).lower()
-            if p is None or not MAC_RE.match(mac):
+            if port is None or not MAC_RE.match(mac):
                 continue
-            if p.mac is None:
-                p.mac = mac
-            elif mac != p.mac:
-                p.extra_macs.append(mac)
+            if port.mac is None:
+                port.mac = mac
+            elif mac != port.mac:
+                port.extra_macs.append(mac)
     for elem in sets.get("learned", []):
-        # [key, value] pairs; the first MAC learned is also the one in @macs
+        # [key, value] pairs; the first MAC learned, also in @macs
         if isinstance(elem, list) and len(elem) == 2:
-            p = port(elem[0])
+            port = ports.get(str(elem[0]))
             mac = str(elem[1]).lower()
-            if p is not None and MAC_RE.match(mac):
-                if p.mac is not None and p.mac != mac:
-                    p.extra_macs.append(p.mac)
-                p.mac = mac
+            if port is not None and MAC_RE.match(mac):
+                if port.mac is not None and port.mac != mac:
+                    port.extra_macs.append(port.mac)
+                port.mac = mac
     for elem in sets.get("dropped", []):
         key = _value(elem)
         counter = elem.get("elem", {}).get("counter") if isinstance(elem, dict) else None
         if isinstance(key, dict) and len(key.get("concat", [])) == 2 and counter:
-            p = port(key["concat"][0])
+            port = ports.get(str(key["concat"][0]))
             try:
                 reason = int(key["concat"][1])
             except (TypeError, ValueError):
                 continue
-            if p is not None and reason in REASONS:
-                p.dropped[reason] = (int(counter["packets"]), int(counter["bytes"]))
-    guarded = {_index(v, index_of) for v in sets.get("guarded", [])}
-    return comment, {i: p for i, p in ports.items() if i in guarded}
+            if port is not None and reason in REASONS:
+                port.dropped[reason] = (int(counter["packets"]), int(counter["bytes"]))
+    return comment, ports
 
 
 def _value(elem: Any) -> Any:
     if isinstance(elem, dict) and "elem" in elem:
         return elem["elem"].get("val")
     return elem
-
-
-def _index(value: Any, index_of: Callable[[str], int | None]) -> int | None:
-    if isinstance(value, int):
-        return value
-    text = str(value)
-    found = index_of(text)
-    if found is not None:
-        return found
-    return int(text) if text.isdigit() else None
-
-
-def if_index(name: str) -> int | None:
-    """An interface's index in this thread's namespace (for ``read_table``)."""
-    try:
-        return socket.if_nametoindex(name)
-    except OSError:
-        return None
 
 
 def replace_table(nft: Nft, log_group: int, ports: Iterable[Port]) -> None:
@@ -265,20 +244,20 @@ def replace_table(nft: Nft, log_group: int, ports: Iterable[Port]) -> None:
             + table_text(log_group, ports))
 
 
-def reconcile(nft: Nft, log_group: int, ports: list[Port], keep_table: bool) -> dict[int, str]:
+def reconcile(nft: Nft, log_group: int, ports: list[Port], keep_table: bool) -> dict[str, str]:
     """Make the table hold exactly ``ports`` (one transaction), keeping what the kernel
     learned and counted for them. Returns the MACs the kernel learned for ports that
     came without one. With no ports and not ``keep_table``, the table goes."""
-    learned: dict[int, str] = {}
-    current = read_table(nft, if_index)
+    learned: dict[str, str] = {}
+    current = read_table(nft)
     if current is not None:
         kernel = current[1]
         for port in ports:
-            seen = kernel.get(port.index)
+            seen = kernel.get(port.name)
             if seen is None:
                 continue
             if port.mac is None and seen.mac is not None:
-                port.mac = learned[port.index] = seen.mac
+                port.mac = learned[port.name] = seen.mac
             port.dropped = seen.dropped
     if ports or keep_table:
         replace_table(nft, log_group, ports)
@@ -295,33 +274,42 @@ def delete_table(nft: Nft) -> None:
             raise
 
 
-def guard_port(nft: Nft, log_group: int, index: int, mac: str | None) -> None:
-    """Guard one port (one transaction); creates the table if it is not there."""
-    guarded, learned, macs, dropped = _elements([Port(index, mac)])
-    commands = [f"add element {FAMILY} {TABLE} dropped {{ {', '.join(dropped)} }}"]
+def _port_commands(verb: str, name: str, mac: str | None,
+                   dropped: dict[int, tuple[int, int]] | None = None) -> list[str]:
+    guarded, learned, macs, counters = _elements([Port(name, mac, dropped or {})])
+    if verb == "delete":  # keys only
+        learned = [item.split(" : ")[0] for item in learned]
+        counters = [item.split(" counter")[0] for item in counters]
+    commands = [f"{verb} element {FAMILY} {TABLE} dropped {{ {', '.join(counters)} }}"]
     if mac is not None:
-        commands += [f"add element {FAMILY} {TABLE} learned {{ {learned[0]} }}",
-                     f"add element {FAMILY} {TABLE} macs {{ {macs[0]} }}"]
-    # Last, so the port is never guarded without its MAC in place.
-    commands.append(f"add element {FAMILY} {TABLE} guarded {{ {guarded[0]} }}")
+        commands += [f"{verb} element {FAMILY} {TABLE} learned {{ {learned[0]} }}",
+                     f"{verb} element {FAMILY} {TABLE} macs {{ {macs[0]} }}"]
+    # Added last and deleted first: a port is never guarded without its MAC in place.
+    guard = f"{verb} element {FAMILY} {TABLE} guarded {{ {guarded[0]} }}"
+    return [guard, *commands] if verb == "delete" else [*commands, guard]
+
+
+def guard_port(nft: Nft, log_group: int, name: str, mac: str | None) -> None:
+    """Guard one port (one transaction); creates the table if it is not there."""
+    commands = "\n".join(_port_commands("add", name, mac))
     try:
-        nft.run("\n".join(commands))
+        nft.run(commands)
     except NftError as e:
         if not e.missing:
             raise
         # The table is gone (flushed by someone): put an empty one back, then the
         # port. The daemon hears of the flush and restores the other ports.
-        if read_table(nft, if_index) is None:
+        if read_table(nft) is None:
             replace_table(nft, log_group, [])
-        nft.run("\n".join(commands))
+        nft.run(commands)
 
 
 _COUNTER_RE = re.compile(r"\.\s*0x([0-9a-f]+)\s+counter packets (\d+) bytes (\d+)")
 
 
-def read_dropped(nft: Nft, index: int) -> dict[int, tuple[int, int]]:
+def read_dropped(nft: Nft, name: str) -> dict[int, tuple[int, int]]:
     """reason -> (packets, bytes) dropped from one port so far."""
-    keys = ", ".join(f"{index} . {reason}" for reason in REASONS)
+    keys = ", ".join(f"{_quoted(name)} . {reason}" for reason in REASONS)
     try:
         out = nft.run(f"get element {FAMILY} {TABLE} dropped {{ {keys} }}")
     except NftError as e:
@@ -337,30 +325,33 @@ def read_dropped(nft: Nft, index: int) -> dict[int, tuple[int, int]]:
     return found
 
 
-def unguard_port(nft: Nft, index: int, mac: str | None) -> dict[int, tuple[int, int]]:
+def unguard_port(nft: Nft, name: str, mac: str | None) -> dict[int, tuple[int, int]]:
     """Remove one port's guards; return what they dropped. NftError with ``missing``
-    when the table does not hold what ``index`` and ``mac`` say (the caller then
+    when the table does not hold what ``name`` and ``mac`` say (the caller then
     rebuilds the table)."""
-    dropped = read_dropped(nft, index)
+    dropped = read_dropped(nft, name)
     if mac is None:
-        mac = learned_mac(nft, index)
-    keys = ", ".join(f"{index} . {reason}" for reason in REASONS)
-    commands = [f"delete element {FAMILY} {TABLE} guarded {{ {index} }}",
-                f"delete element {FAMILY} {TABLE} dropped {{ {keys} }}"]
-    if mac is not None:
-        commands += [f"delete element {FAMILY} {TABLE} learned {{ {index} }}",
-                     f"delete element {FAMILY} {TABLE} macs {{ {index} . {mac} }}"]
-    nft.run("\n".join(commands))
+        mac = learned_mac(nft, name)
+    nft.run("\n".join(_port_commands("delete", name, mac)))
     return dropped
+
+
+def rename_port(nft: Nft, old: str, new: str, mac: str | None) -> None:
+    """Key a port by its new name (one transaction), keeping its counters."""
+    dropped = read_dropped(nft, old)
+    if mac is None:
+        mac = learned_mac(nft, old)
+    nft.run("\n".join(_port_commands("add", new, mac, dropped)
+                      + _port_commands("delete", old, mac)))
 
 
 _LEARNED_RE = re.compile(r":\s*([0-9a-f]{2}(?::[0-9a-f]{2}){5})")
 
 
-def learned_mac(nft: Nft, index: int) -> str | None:
+def learned_mac(nft: Nft, name: str) -> str | None:
     """The MAC the kernel learned for a port, if any."""
     try:
-        out = nft.run(f"get element {FAMILY} {TABLE} learned {{ {index} }}")
+        out = nft.run(f"get element {FAMILY} {TABLE} learned {{ {_quoted(name)} }}")
     except NftError as e:
         if e.missing:
             return None
@@ -369,10 +360,10 @@ def learned_mac(nft: Nft, index: int) -> str | None:
     return match.group(1) if match else None
 
 
-def forget_mac(nft: Nft, index: int, mac: str) -> None:
+def forget_mac(nft: Nft, name: str, mac: str) -> None:
     """Take a MAC a port learned beyond its first out of @macs."""
     try:
-        nft.run(f"delete element {FAMILY} {TABLE} macs {{ {index} . {mac} }}")
+        nft.run(f"delete element {FAMILY} {TABLE} macs {{ {_quoted(name)} . {mac} }}")
     except NftError as e:
         if not e.missing:
             raise
