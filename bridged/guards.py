@@ -118,7 +118,7 @@ class Guards:
                     self._taps[tap.index] = tap
                 else:
                     self._taps.pop(tap.index, None)
-        if changed or not self._taps:
+        if self.available and (changed or not self._taps):
             await self._rebuild()
         return changed
 
