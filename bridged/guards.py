@@ -151,14 +151,19 @@ class Guards:
 
     async def release(self, tap: Tap) -> None:
         """The tap's link is gone: its guards go, with a summary of what they did."""
-        if self._taps.pop(tap.index, None) is None or not self.available:
+        if self._taps.get(tap.index) is not tap or not self.available:
             return
+        # A sample of the tap's first frame may still wait in our socket.
+        if self._monitor is not None:
+            self._monitor.drain()
+        del self._taps[tap.index]
+        mac_known = self._monitor is not None and self._monitor.samples
         for key in [k for k in self._last_logged if k[0] == tap.index]:
             del self._last_logged[key]
         try:
             async with self.creating():
                 dropped = await self._netlink.run_nft(nft.unguard_port, tap.name,
-                                                      tap.mac or None)
+                                                      tap.mac or None, mac_known)
         except nft.NftError as e:
             # The table does not hold what we think: write it again from what we know.
             log.warning("removing the guards of %s: %s; rebuilding the guards' table",

@@ -68,6 +68,7 @@ class NetfilterMonitor:
         self._on_overrun = on_overrun
         self._sock: socket.socket | None = None
         self._touched = False  # the current transaction touched our table
+        self.samples = False  # the log group is bound: samples arrive
 
     def start(self) -> None:
         sock = socket.socket(socket.AF_NETLINK,
@@ -86,6 +87,7 @@ class NetfilterMonitor:
         self._sock = sock
         try:
             self._bind_log_group(sock)
+            self.samples = True
         except OSError as e:
             # The guards still drop; only the samples (learned MACs, drop notices) are
             # missing, and the table itself is read instead.
@@ -131,6 +133,12 @@ class NetfilterMonitor:
             raise OSError(errno.ETIMEDOUT, "no answer from nfnetlink_log") from None
         finally:
             sock.setblocking(False)
+
+    def drain(self) -> None:
+        """Handle what the kernel has already sent (before acting on a link's removal:
+        the sample of a tap's first frame is queued before the tap can go)."""
+        if self._sock is not None:
+            self._readable()
 
     def _readable(self) -> None:
         assert self._sock is not None
