@@ -54,7 +54,7 @@ class Daemon:
         self.bridge = BridgeManager(config.bridge, self.ip, self.netlink, self.links)
         self.authorizer = Authorizer(config.taps, config.auth, self._polkit_allows)
         # Guards go in on the lane that creates taps, before a tap is up.
-        self.guards = Guards(self.netlink, config.taps.guard)
+        self.guards = Guards(self.netlink, self.reaper, config.taps.guard)
         self.taps = TapRegistry(config.taps, self.bridge, self.authorizer, self.netlink,
                                 self.reaper, self.links, self.guards)
         self.links.subscribe(self.bridge.link_changed)
