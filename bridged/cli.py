@@ -60,7 +60,9 @@ def tap_record(path: str, props: dict[str, Any]) -> dict[str, Any]:
             "label": props["Label"], "client_pid": props["ClientPID"],
             "persistent": props["Persistent"], "queues": props["Queues"],
             "vnet_hdr": props["VnetHdr"], "mtu": props["MTU"], "vlan": props["VLAN"],
-            "isolated": props["Isolated"], "created_at_us": props["CreatedAt"]}
+            "isolated": props["Isolated"], "created_at_us": props["CreatedAt"],
+            # Older daemons have no guards: absent means unguarded, MAC unknown.
+            "guarded": props.get("Guarded", False), "mac": props.get("MAC", "")}
 
 
 async def gather_status(client: Client) -> dict[str, Any]:
@@ -111,8 +113,10 @@ def render_taps(taps: list[dict[str, Any]]) -> str:
     now = time.time()
     rows = [(t["name"], t["owner"], t["label"] or "-", t["queues"], t["vlan"] or "-",
              "linger" if not t["client_pid"] and t["persistent"] else t["client_pid"] or "fd",
+             "on" if t["guarded"] else "off", t["mac"] or ("learning" if t["guarded"] else "-"),
              age(t["created_at_us"], now)) for t in taps]
-    return table(("TAP", "OWNER", "LABEL", "QUEUES", "VLAN", "HELD BY", "AGE"), rows)
+    return table(("TAP", "OWNER", "LABEL", "QUEUES", "VLAN", "HELD BY", "GUARD", "MAC", "AGE"),
+                 rows)
 
 
 def tap_request(args: argparse.Namespace) -> dict[str, Any]:
@@ -273,6 +277,8 @@ async def cmd_run(client: Client, args: argparse.Namespace) -> int:
     mac = args.mac or qemu.guest_mac(os.getuid(), label or " ".join(command))
     options = tap_request(args)
     options["label"] = label
+    # The guards let the tap send from this MAC only, from its first frame on.
+    options["mac"] = mac
     tap = await client.open_tap(options)
     client.close()
     # qemu inherits the queue fds; the tap lives exactly as long as they stay open.

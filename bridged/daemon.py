@@ -23,6 +23,7 @@ from bridged.bridge import BridgeManager, State
 from bridged.bus.service import BusService, NameTaken, bus_address_from_env
 from bridged.config import DEFAULT_PATH, Config, check_reload, load
 from bridged.errors import BridgeUnavailable, ConfigError
+from bridged.guards import Guards, GuardsUnavailable
 from bridged.ipconfig import IPManager
 from bridged.kernel.events import LinkMonitor
 from bridged.kernel.linktable import LinkTable
@@ -52,8 +53,10 @@ class Daemon:
         self.ip = IPManager(config.ip, self.netlink)
         self.bridge = BridgeManager(config.bridge, self.ip, self.netlink, self.links)
         self.authorizer = Authorizer(config.taps, config.auth, self._polkit_allows)
+        # Guards go in on the lane that creates taps, before a tap is up.
+        self.guards = Guards(self.netlink, self.reaper, config.taps.guard)
         self.taps = TapRegistry(config.taps, self.bridge, self.authorizer, self.netlink,
-                                self.reaper, self.links)
+                                self.reaper, self.links, self.guards)
         self.links.subscribe(self.bridge.link_changed)
         self.links.subscribe(self.taps.link_changed)
         self.bridge.is_tap = self.taps.owns
@@ -128,6 +131,11 @@ class Daemon:
             await self._roll_back_move()
         self.bridge.on_moved.append(self._moved)
         self.taps.adopt()
+        try:
+            await self.guards.start()
+        except GuardsUnavailable as e:
+            log.error("%s", e, extra={"BRIDGED_EVENT": "start-failed"})
+            return EX_UNAVAILABLE
         self.taps.start()
         if not self.args.no_bus:
             self.service = BusService(bus_address_from_env(self.args.bus_address),
@@ -142,6 +150,7 @@ class Daemon:
             self._bus_watch = asyncio.create_task(self._watch_bus())
             self.taps.on_added.append(self.service.tap_added)
             self.taps.on_removed.append(self.service.tap_removed)
+            self.taps.on_changed.append(self.service.tap_changed)
             self.bridge.on_change.append(self.service.properties_changed)
             self.bridge.on_uplink_changed.append(self.service.uplink_changed)
         await self._apply_dns()
@@ -164,6 +173,8 @@ class Daemon:
             await self._reloading
         await self.bridge.stop()
         await self.taps.stop()
+        # The guards' table stays: the taps stay, and so must what guards them.
+        self.guards.stop()
         if self.service is not None:
             self.service.stop()
         self.monitor.stop()
@@ -315,6 +326,9 @@ class Daemon:
         if self.args.udev_rules:
             udev.write(self.args.udev_rules, config)
         self.taps.config = config.taps
+        for tap in await self.guards.reload(config.taps.guard, list(self.taps.taps.values())):
+            if self.service is not None:
+                self.service.tap_changed(tap)
         self.authorizer.taps, self.authorizer.auth = config.taps, config.auth
         await self.ip.reload(config.ip, self.bridge.bridge, self.bridge.uplinks())
         await self.bridge.reload(config.bridge)

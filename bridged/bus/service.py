@@ -354,6 +354,7 @@ class BusService:
             "VnetHdr": ("b", lambda: tap.vnet_hdr), "MTU": ("u", lambda: tap.mtu),
             "VLAN": ("q", lambda: tap.vlan), "Isolated": ("b", lambda: tap.isolated),
             "CreatedAt": ("t", lambda: tap.created_at_us),
+            "Guarded": ("b", lambda: tap.guarded), "MAC": ("s", lambda: tap.mac),
         }
 
     def _properties_at(self, path: str,
@@ -417,6 +418,15 @@ class BusService:
         self._signal(api.ROOT_PATH, spec.MANAGER, "TapRemoved", [path, tap.name])
         self._signal(api.ROOT_PATH, spec.OBJECT_MANAGER, "InterfacesRemoved", [path, [api.TAP]])
         self.properties_changed()
+
+    def tap_changed(self, tap: Tap, names: tuple[str, ...] = ("Guarded", "MAC")) -> None:
+        """Some of a tap's properties changed (its MAC learned, guards switched)."""
+        path = api.tap_path(tap.name)
+        if self._paths.get(path) != tap.name:
+            return
+        props = self._tap_properties(tap)
+        self._signal(path, spec.PROPERTIES, "PropertiesChanged",
+                     [api.TAP, {n: Variant(props[n][0], props[n][1]()) for n in names}, []])
 
     def uplink_changed(self, ifname: str, state: str) -> None:
         self._signal(api.bridge_path(self._bridge.config.name), spec.BRIDGE, "UplinkChanged",

@@ -119,7 +119,8 @@ TAP = Interface(
     properties=(Property("Name", "s"), Property("Index", "i"), Property("OwnerUID", "u"),
                 Property("Label", "s"), Property("ClientPID", "u"), Property("Persistent", "b"),
                 Property("Queues", "u"), Property("VnetHdr", "b"), Property("MTU", "u"),
-                Property("VLAN", "q"), Property("Isolated", "b"), Property("CreatedAt", "t")),
+                Property("VLAN", "q"), Property("Isolated", "b"), Property("CreatedAt", "t"),
+                Property("Guarded", "b"), Property("MAC", "s")),
 )
 
 # The standard interfaces bridged serves itself (Peer is left to the library).

@@ -10,6 +10,8 @@ never delays a create on another.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import errno as errnos
 import fcntl
 import ipaddress
@@ -22,12 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from bridged.kernel import tun
+from bridged.kernel import nft, tun
 from bridged.kernel.link import Address, Link, Route
 from bridged.kernel.rtnl import AF_BRIDGE, DecodeError, RtnlSocket
 
-__all__ = ["AF_BRIDGE", "RTPROT_KERNEL", "Address", "KernelError", "Link", "Netlink", "Route",
-           "TapSpec"]
+__all__ = ["AF_BRIDGE", "RTPROT_KERNEL", "Address", "GuardSpec", "KernelError", "Link",
+           "Netlink", "Route", "TapSpec"]
 
 T = TypeVar("T")
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -57,6 +59,14 @@ def _strerror(errno: int) -> str:
 
 
 @dataclass(frozen=True)
+class GuardSpec:
+    """Guards to put on a tap before it goes up (see ``nft``)."""
+
+    log_group: int
+    mac: str | None = None  # None: the first MAC the guest uses
+
+
+@dataclass(frozen=True)
 class TapSpec:
     name: str
     master: int
@@ -68,13 +78,26 @@ class TapSpec:
     mtu: int | None = None
     vlan: int | None = None
     isolated: bool = False
+    guard: GuardSpec | None = None
+
+
+PR_SET_NAME = 15
+
+
+def _name_thread(name: str) -> None:
+    """Give the lane's thread a kernel-visible name (15 bytes at most): nf_tables names
+    the task that commits a transaction, which tells bridged's own changes from others'."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 class Netlink:
     """A netlink request lane: one thread, one socket, async methods."""
 
     def __init__(self, name: str = "netlink") -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=name,
+                                            initializer=_name_thread,
+                                            initargs=(f"{nft.OWN_TASK_PREFIX}{name}",))
         self._local = threading.local()
 
     def _socket(self) -> RtnlSocket:
@@ -87,6 +110,11 @@ class Netlink:
         """Run ``fn(sock, *args)`` on this lane's thread and translate kernel errors."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._call, fn, args)
+
+    async def run_nft(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(nft_context, *args)`` on this lane's thread (libnftables blocks)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, _call_nft, fn, args)
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         what = f"{fn.__name__.lstrip('_')}{args!r}"
@@ -175,6 +203,10 @@ class Netlink:
 # The functions below run on a lane's thread with that thread's socket.
 
 
+def _call_nft(fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    return fn(nft.context(), *args)
+
+
 def _get_link(sock: RtnlSocket, name: str | None, index: int | None) -> Link | None:
     return sock.get_link(index or 0, name if index is None else None)
 
@@ -236,7 +268,12 @@ def _create_tap(sock: RtnlSocket, spec: TapSpec) -> tuple[Link, list[int]]:
         if spec.persistent_owner is not None:
             tun.make_persistent(fds[0], spec.persistent_owner)
         index = socket.if_nametoindex(spec.name)
+        guarded = False
         try:
+            if spec.guard is not None:
+                # Before the tap is up: its first frame already meets the guards.
+                nft.guard_port(nft.context(), spec.guard.log_group, spec.name, spec.guard.mac)
+                guarded = True
             sock.set_link(index, address=spec.mac, alias=spec.alias, master=spec.master,
                           mtu=spec.mtu, up=True)
             if spec.isolated:
@@ -251,6 +288,10 @@ def _create_tap(sock: RtnlSocket, spec: TapSpec) -> tuple[Link, list[int]]:
         except BaseException:
             if spec.persistent_owner is not None:
                 fcntl.ioctl(fds[0], tun.TUNSETPERSIST, 0)
+            if guarded:
+                with contextlib.suppress(nft.NftError):
+                    nft.unguard_port(nft.context(), spec.name,
+                                     spec.guard.mac if spec.guard else None)
             raise
     except BaseException:
         tun.close_all(fds)
