@@ -1,4 +1,4 @@
-"""The client side of the D-Bus API, shared by bridgectl and bridged-helper.
+"""The client side of the D-Bus API, used by bridgectl (and by the benchmark).
 
 Clients speak to the daemon only over the bus; nothing here touches the kernel.
 """

@@ -10,7 +10,6 @@ has exited its tap and the tap's D-Bus object are gone.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -77,12 +76,9 @@ def test_guest_via_bridgectl_run(lab: Lab, bus: PrivateBus, daemon: Daemon, imag
 
 
 def test_guest_via_qemu_bridge_helper_protocol(lab: Lab, bus: PrivateBus, daemon: Daemon,
-                                               image: GuestImage):
-    helper = os.path.join(bus.dir, "bridged-helper")
-    with open(helper, "w") as f:
-        f.write(f"#!/bin/sh\nexec {sys.executable} -m bridged.helper \"$@\"\n")
-    os.chmod(helper, 0o755)
-    netdev = ["-netdev", f"bridge,id=n0,br=br0,helper={helper}",
+                                               image: GuestImage, helper_binary: str):
+    # The real bridged-helper, built from helper/ as the package builds it; qemu runs it.
+    netdev = ["-netdev", f"bridge,id=n0,br=br0,helper={helper_binary}",
               "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:03",
               "-name", "e2e-helper"]
     command = bus.user_command(MEMBER, *qemu_command(image), *netdev)
