@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fnmatch  # coexist
 import logging
 import os
 import signal
+import socket  # coexist
 import sys
 
+from dbus_fast import BusType  # coexist
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
@@ -26,6 +29,7 @@ from bridged.errors import BridgeUnavailable, ConfigError
 from bridged.ipconfig import IPManager
 from bridged.kernel.events import LinkEvent, LinkMonitor
 from bridged.kernel.netlink import KernelError, Netlink
+from bridged.managers import ClaimedNames, ClaimPaths, ManagerClaims  # coexist
 from bridged.notify import Notifier
 from bridged.resolved import set_link_dns
 from bridged.taps import TapRegistry
@@ -58,6 +62,8 @@ class Daemon:
         self._status_pending = False
         self._exit_code = EX_OK
         self._bus_watch: asyncio.Task[None] | None = None
+        self.claims: ManagerClaims | None = None  # coexist
+        self._claims_bus: MessageBus | None = None  # coexist
 
     @property
     def bus(self) -> MessageBus | None:
@@ -91,6 +97,7 @@ class Daemon:
         self.monitor.start()
         if self.args.udev_rules:
             udev.write(self.args.udev_rules, self.config)
+        await self._claim_links()  # coexist: before the bridge enslaves anything
         try:
             await self.bridge.start()
         except BridgeUnavailable as e:
@@ -111,6 +118,10 @@ class Daemon:
                           extra={"BRIDGED_EVENT": "start-failed"})
                 return EX_UNAVAILABLE
             self._bus_watch = asyncio.create_task(self._watch_bus())
+        # coexist: adopted taps, uplinks matched by MAC; then each new uplink
+        if self.claims is not None:
+            await self.claims.claim(self._claimed_names())
+            self.bridge.on_uplink_changed.append(self._uplink_claimed)
         await self._apply_dns()
         self.bridge.on_change.append(self._status_changed)
         self.taps.on_added.append(lambda _tap: self._status_changed())
@@ -130,6 +141,10 @@ class Daemon:
         if self._reloading is not None:
             await self._reloading
         await self.bridge.stop()
+        if self.claims is not None and self.config.bridge.teardown_on_stop:  # coexist
+            await self.claims.withdraw()  # coexist: the bridge is gone, so is the claim
+        if self._claims_bus is not None:  # coexist
+            self._claims_bus.disconnect()  # coexist
         if self.service is not None:
             self.service.stop()
         self.monitor.stop()
@@ -173,10 +188,49 @@ class Daemon:
         self.authorizer.taps, self.authorizer.auth = new.taps, new.auth
         await self.ip.reload(new.ip, self.bridge.bridge)
         await self.bridge.reload(new.bridge)
+        if self.claims is not None:  # coexist
+            await self.claims.conflicts(new)  # coexist
+            await self.claims.claim(self._claimed_names())  # coexist
         await self._apply_dns()
         log.info("configuration reloaded from %s", new.path,
                  extra={"BRIDGED_EVENT": "reloaded", "CONFIG_FILE": new.path})
         self.notifier.ready(self.status_line())
+
+    # coexist: the other network managers are told which links are bridged's
+    async def _claim_links(self) -> None:
+        """Conflicts named, links claimed, before the bridge enslaves anything: a
+        manager that still held the uplink then would fight over it. This daemon
+        connects its service to the bus only after the bridge is up, so the claims
+        get a connection of their own (a daemon that connects first passes its bus)."""
+        if not self.args.no_bus:
+            try:
+                self._claims_bus = await MessageBus(
+                    bus_type=BusType.SYSTEM,
+                    bus_address=bus_address_from_env(self.args.bus_address)).connect()
+            except Exception as e:  # whatever the bus said: the claims are not essential
+                log.warning("cannot tell other network managers about %s: no system bus (%s)",
+                            self.config.bridge.name, e,
+                            extra={"BRIDGED_EVENT": "manager-claim-failed"})
+        self.claims = ManagerClaims(self._claims_bus, ClaimPaths(
+            self.args.networkmanager_conf, self.args.networkd_network))
+        await self.claims.conflicts(self.config)
+        # Before the first dump: uplinks and taps present now, by name.
+        tap_glob = f"{self.config.taps.prefix}*"
+        present = [name for _index, name in socket.if_nameindex()
+                   if self.config.bridge.is_uplink(name, None) or
+                   fnmatch.fnmatchcase(name, tap_glob)]
+        await self.claims.claim(ClaimedNames.from_config(self.config, present))
+
+    def _claimed_names(self) -> ClaimedNames:
+        links = [u.name for u in self.bridge.uplinks()] + list(self.taps.taps)
+        return ClaimedNames.from_config(self.config, links)
+
+    def _uplink_claimed(self, name: str, state: str) -> None:
+        # A new uplink (matched by a glob or MAC) is named to the managers; claim() does
+        # nothing for names they were told already.
+        if state == "enslaved" and self.claims is not None:
+            asyncio.get_running_loop().create_task(self.claims.claim(self._claimed_names()))
+    # coexist: end
 
     async def _apply_dns(self) -> None:
         bridge = self.bridge.bridge
@@ -205,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write udev rules marking the bridge, uplinks and taps as "
                              "bridged's for other network managers (bridged.service: "
                              "/run/bridged/90-bridged.rules, linked from /run/udev/rules.d)")
+    parser.add_argument("--networkmanager-conf", metavar="PATH",  # coexist
+                        help="write the NetworkManager drop-in naming the bridge, uplinks "
+                             "and taps unmanaged (bridged.service: /run/bridged/"
+                             "networkmanager.conf, linked from /run/NetworkManager/conf.d)")
+    parser.add_argument("--networkd-network", metavar="PATH",  # coexist
+                        help="write the systemd-networkd .network marking the bridge, "
+                             "uplinks and taps Unmanaged=yes (bridged.service: /run/bridged/"
+                             "networkd.network, linked from /run/systemd/network)")
     parser.add_argument("--log-target", choices=("auto", "journal", "console"), default="auto",
                         help="where logs go; auto picks the journal when systemd connected "
                              "stderr to it (default: auto)")
