@@ -12,6 +12,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
@@ -28,6 +30,7 @@ from bridged.ipconfig import IPManager
 from bridged.kernel.events import LinkMonitor
 from bridged.kernel.linktable import LinkTable
 from bridged.kernel.netlink import KernelError, Netlink
+from bridged.managers import ClaimedNames, ClaimPaths, ManagerClaims
 from bridged.notify import Notifier
 from bridged.resolved import set_link_dns
 from bridged.taps import TapRegistry
@@ -73,7 +76,9 @@ class Daemon:
         # running configuration is the file's and the host reaches its gateway.
         self.rolled_back: str | None = None
         self._verifying: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._last_probe_failure = ""
+        self.claims: ManagerClaims | None = None
 
     @property
     def bus(self) -> MessageBus | None:
@@ -115,8 +120,23 @@ class Daemon:
         self.monitor.start()
         if self.args.udev_rules:
             udev.write(self.args.udev_rules, self.config)
+        if not self.args.no_bus:
+            self.service = BusService(bus_address_from_env(self.args.bus_address),
+                                      self.bridge, self.taps, self.state, self.retry,
+                                      self.status_line)
+            try:
+                await self.service.connect()
+            except (OSError, ValueError, DBusError) as e:
+                log.error("cannot connect to the system bus: %s", e,
+                          extra={"BRIDGED_EVENT": "start-failed"})
+                return EX_UNAVAILABLE
+            self.claims = ManagerClaims(self.service.bus, ClaimPaths(
+                self.args.networkmanager_conf, self.args.networkd_network))
         try:
             await self.links.sync()
+            # Other network managers hear that these links are bridged's before the
+            # bridge enslaves anything: one that still held the uplink would fight.
+            await self._claim_links()
             await self.bridge.start()
         except BridgeUnavailable as e:
             log.error("%s", e, extra={"BRIDGED_EVENT": "start-failed"})
@@ -137,12 +157,9 @@ class Daemon:
             log.error("%s", e, extra={"BRIDGED_EVENT": "start-failed"})
             return EX_UNAVAILABLE
         self.taps.start()
-        if not self.args.no_bus:
-            self.service = BusService(bus_address_from_env(self.args.bus_address),
-                                      self.bridge, self.taps, self.state, self.retry,
-                                      self.status_line)
+        if self.service is not None:
             try:
-                await self.service.start()
+                await self.service.serve()
             except (OSError, NameTaken, DBusError) as e:
                 log.error("cannot serve %s on the system bus: %s", BUS_NAME, e,
                           extra={"BRIDGED_EVENT": "start-failed"})
@@ -153,6 +170,10 @@ class Daemon:
             self.taps.on_changed.append(self.service.tap_changed)
             self.bridge.on_change.append(self.service.properties_changed)
             self.bridge.on_uplink_changed.append(self.service.uplink_changed)
+        if self.claims is not None:
+            # The adopted taps too; then each uplink that gets enslaved.
+            await self.claims.claim(self._claimed_names())
+            self.bridge.on_uplink_changed.append(self._uplink_claimed)
         await self._apply_dns()
         self.bridge.on_change.append(self._status_changed)
         self.taps.on_added.append(lambda _tap: self._status_changed())
@@ -175,6 +196,8 @@ class Daemon:
         await self.taps.stop()
         # The guards' table stays: the taps stay, and so must what guards them.
         self.guards.stop()
+        if self.claims is not None and self.config.bridge.teardown_on_stop:
+            await self.claims.withdraw()  # the bridge is gone: so is the claim
         if self.service is not None:
             self.service.stop()
         self.monitor.stop()
@@ -238,9 +261,9 @@ class Daemon:
         changed = retrying or new.ip != old.ip or new.bridge.uplinks != old.bridge.uplinks \
             or self.bridge.enslaved_count != moves
         if changed and not await self._move_verified("reload"):
-            if retrying or (self.rolled_back is not None and self.bridge.rolled_back is not None):
+            if retrying:  # the move itself failed again: the uplinks go back off
                 await self._roll_back_move()
-            else:
+            else:  # the previous configuration worked: back to it
                 why = self._last_probe_failure
                 await self._restore(old)
                 self.rolled_back = f"{why}; running the previous configuration"
@@ -332,7 +355,38 @@ class Daemon:
         self.authorizer.taps, self.authorizer.auth = config.taps, config.auth
         await self.ip.reload(config.ip, self.bridge.bridge, self.bridge.uplinks())
         await self.bridge.reload(config.bridge)
+        if self.claims is not None:
+            await self.claims.conflicts(config)
+            await self.claims.claim(self._claimed_names())
         await self._apply_dns()
+
+    # --- other network managers: told which links are bridged's ------------------------
+
+    async def _claim_links(self) -> None:
+        if self.claims is None:
+            return
+        await self.claims.conflicts(self.config)
+        await self.claims.claim(self._claimed_names())
+
+    def _claimed_names(self) -> ClaimedNames:
+        """The uplinks and taps present now, by name (globs and the tap prefix cover
+        those to come, where a manager takes globs)."""
+        prefix = self.config.taps.prefix
+        links = [link.name for link in self.links
+                 if self.config.bridge.is_uplink(link.name, link.address, link.perm_address)
+                 or (link.kind == "tun" and link.name.startswith(prefix))]
+        return ClaimedNames.from_config(self.config, links)
+
+    def _uplink_claimed(self, name: str, state: str) -> None:
+        # A new uplink (matched by a glob or MAC) is named to the managers; claim() does
+        # nothing for names they were told already.
+        if state == "enslaved" and self.claims is not None:
+            self._spawn(self.claims.claim(self._claimed_names()))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _apply_dns(self) -> None:
         bridge = self.bridge.bridge
@@ -361,6 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write udev rules marking the bridge, uplinks and taps as "
                              "bridged's for other network managers (bridged.service: "
                              "/run/bridged/90-bridged.rules, linked from /run/udev/rules.d)")
+    parser.add_argument("--networkmanager-conf", metavar="PATH",
+                        help="write the NetworkManager drop-in naming the bridge, uplinks "
+                             "and taps unmanaged (bridged.service: /run/bridged/"
+                             "networkmanager.conf, linked from /run/NetworkManager/conf.d)")
+    parser.add_argument("--networkd-network", metavar="PATH",
+                        help="write the systemd-networkd .network marking the bridge, "
+                             "uplinks and taps Unmanaged=yes (bridged.service: /run/bridged/"
+                             "networkd.network, linked from /run/systemd/network)")
     parser.add_argument("--log-target", choices=("auto", "journal", "console"), default="auto",
                         help="where logs go; auto picks the journal when systemd connected "
                              "stderr to it (default: auto)")

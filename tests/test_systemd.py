@@ -1,5 +1,6 @@
 """The Debian package inside a real systemd (PID 1, in namespaces): install, enable,
-use, reload, crash, hang, and D-Bus activation.
+use, reload, crash, hang, and D-Bus activation; on Debian 12 (the machine's own root)
+and on Debian 13 (a debootstrapped root, the .deb built here installed into it).
 
 The container's network namespace is its own; its eth0 is a veth to the LAN namespace.
 """
@@ -19,7 +20,7 @@ import pytest
 from bridged import __version__
 from tests.buslab import MEMBER, OTHER, ensure_users
 from tests.lab import HOST_V4, LAN_V4, REPO, Lab, wait_for
-from tests.syslab import SystemdContainer
+from tests.syslab import SystemdContainer, trixie_root
 
 pytestmark = [
     pytest.mark.root,
@@ -50,15 +51,17 @@ def deb() -> Path:
     return package
 
 
-@pytest.fixture(scope="module")
-def system(deb: Path) -> Iterator[tuple[SystemdContainer, Lab]]:
+@pytest.fixture(scope="module", params=["debian12", "debian13"])
+def system(request: pytest.FixtureRequest,
+           deb: Path) -> Iterator[tuple[SystemdContainer, Lab]]:
     ensure_users()
+    lower = trixie_root() if request.param == "debian13" else None
     lab = Lab()
-    container = SystemdContainer()
+    container = SystemdContainer(lower=lower)
     try:
         assert container.boot_state in ("running", "degraded"), container.boot_state
-        container.copy_in(deb, "/tmp/bridged.deb")
-        container.run("dpkg", "-i", "/tmp/bridged.deb", timeout=120)
+        container.install_bridged(deb)
+        container.ensure_users()
         container.plug_uplink(lab.lan)
         container.run("mkdir", "-p", "/run/udev/rules.d")
         yield container, lab
@@ -99,7 +102,12 @@ def test_installed_files_and_unit_checks(system: tuple[SystemdContainer, Lab],
     assert c.run("getent", "group", "bridged").returncode == 0
     assert c.run("systemctl", "is-enabled", "bridged", check=False).stdout.strip() == "disabled"
     verify = c.run("systemd-analyze", "verify", "bridged.service", check=False)
-    assert verify.returncode == 0 and "bridged.service" not in verify.stderr, verify.stderr
+    complaints = verify.stderr
+    if c.run("sh", "-c", "command -v man", check=False).returncode != 0:
+        # A minimal root has no man-db: verify cannot resolve Documentation=man:...
+        complaints = re.sub(r"bridged.service: Command 'man [^\n]*failed with code 1\n", "",
+                            complaints)
+    assert complaints.strip() == "", verify.stderr
     security = c.run("systemd-analyze", "security", "--no-pager", "bridged.service").stdout
     exposure = float(re.search(r"Overall exposure level for bridged\.service: ([\d.]+)",
                                security).group(1))  # type: ignore[union-attr]

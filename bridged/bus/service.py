@@ -82,17 +82,23 @@ class BusService:
 
     # --- connection --------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def connect(self) -> None:
+        """Connect to the bus (before the bridge is set up: other network managers are
+        told over it which links are bridged's); serve() answers calls later."""
         kwargs: dict[str, Any] = {"bus_type": BusType.SYSTEM, "negotiate_unix_fd": True}
         if self._address:
             kwargs["bus_address"] = self._address
-        self.bus = bus = await MessageBus(**kwargs).connect()
-        compat.install(bus)
-        bus.add_message_handler(self._on_message)
+        self.bus = await MessageBus(**kwargs).connect()
+        compat.install(self.bus)
+
+    async def serve(self) -> None:
+        """Answer calls and take the bus name: the daemon is now reachable."""
+        assert self.bus is not None
+        self.bus.add_message_handler(self._on_message)
         for tap in self._taps.taps.values():
             self._paths[api.tap_path(tap.name)] = tap.name
         self._sent = {api.MANAGER: self._manager_values(), api.BRIDGE: self._bridge_values()}
-        reply = await bus.request_name(api.BUS_NAME)
+        reply = await self.bus.request_name(api.BUS_NAME)
         if reply.value not in (1, 4):  # PRIMARY_OWNER, ALREADY_OWNER
             raise NameTaken(f"{api.BUS_NAME} is already owned by another process")
 
