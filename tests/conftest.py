@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -74,6 +75,19 @@ def helper_binary() -> Iterator[str]:
         yield os.path.join(out, "bridged-helper")
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def deb() -> Path:
+    """The Debian package built from this checkout, once per test session."""
+    for old in (REPO / "dist").glob("bridged_*.deb"):
+        old.unlink()
+    subprocess.run([str(REPO / "scripts" / "build-deb")], check=True, capture_output=True,
+                   timeout=900)
+    arch = subprocess.run(["dpkg", "--print-architecture"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    [package] = (REPO / "dist").glob(f"bridged_*_{arch}.deb")
+    return package
 
 
 FIGURES: list[str] = []

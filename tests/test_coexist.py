@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from tests.buslab import MEMBER, ensure_users
-from tests.lab import HOST_V4, LAN_V4, REPO, NetNS, wait_for
+from tests.lab import HOST_V4, LAN_V4, NetNS, wait_for
 from tests.syslab import SystemdContainer, trixie_root
 
 pytestmark = [
@@ -59,13 +59,6 @@ REENSLAVE_LIMIT = 0.5
 # NetworkManager's DHCP timeout in the test that waits it out (its default is 45 s).
 NM_DHCP_TIMEOUT = 12
 
-
-@pytest.fixture(scope="module")
-def deb() -> Path:
-    subprocess.run([str(REPO / "scripts" / "build-deb")], check=True, capture_output=True,
-                   timeout=600)
-    [package] = (REPO / "dist").glob("bridged_*_all.deb")
-    return package
 
 
 class DhcpServer:

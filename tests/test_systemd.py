@@ -19,7 +19,7 @@ import pytest
 
 from bridged import __version__
 from tests.buslab import MEMBER, OTHER, ensure_users
-from tests.lab import HOST_V4, LAN_V4, REPO, Lab, wait_for
+from tests.lab import HOST_V4, LAN_V4, Lab, wait_for
 from tests.syslab import SystemdContainer, trixie_root
 
 pytestmark = [
@@ -40,15 +40,6 @@ gateway = "{LAN_V4}"
 """
 MANAGER = ("org.bridged.Bridged1", "/org/bridged/Bridged1", "org.bridged.Bridged1.Manager")
 
-
-@pytest.fixture(scope="module")
-def deb() -> Path:
-    subprocess.run([str(REPO / "scripts" / "build-deb")], check=True, capture_output=True,
-                   timeout=600)
-    arch = subprocess.run(["dpkg", "--print-architecture"], check=True, capture_output=True,
-                          text=True).stdout.strip()
-    [package] = (REPO / "dist").glob(f"bridged_*_{arch}.deb")
-    return package
 
 
 @pytest.fixture(scope="module", params=["debian12", "debian13"])
