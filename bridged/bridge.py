@@ -120,7 +120,7 @@ class BridgeManager:
         self._match_uplinks()
         await self._ensure_bridge()
         for link in self.uplinks():
-            await self._adopt_uplink(link.index)
+            await self._adopt_uplink_or_log(link.index)
         self._update_state()
         self._worker = asyncio.create_task(self._reconcile_forever(), name="reconciler")
 
@@ -252,13 +252,16 @@ class BridgeManager:
                 return
             self._pending_uplinks.update(link.index for link in self.uplinks())
         while self._pending_uplinks:
-            index = self._pending_uplinks.pop()
-            try:
-                await self._adopt_uplink(index)
-            except KernelError as e:
-                # Typically the link vanished mid-way (hotplug); its events say what next.
-                log.warning("adopting uplink %d failed: %s", index, e,
-                            extra={"BRIDGED_EVENT": "uplink-failed"})
+            await self._adopt_uplink_or_log(self._pending_uplinks.pop())
+
+    async def _adopt_uplink_or_log(self, index: int) -> None:
+        """One uplink's trouble is not the bridge's: at start as in the reconciler."""
+        try:
+            await self._adopt_uplink(index)
+        except KernelError as e:
+            # Typically the link vanished mid-way (hotplug); its events say what next.
+            log.warning("adopting uplink %d failed: %s", index, e,
+                        extra={"BRIDGED_EVENT": "uplink-failed"})
 
     def _desired_mtu(self) -> int:
         """The bridge's MTU, always set explicitly: the kernel otherwise gives a bridge the

@@ -8,6 +8,7 @@ lack an address on a link that carries its traffic.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 from collections.abc import Sequence
@@ -73,7 +74,14 @@ class IPManager:
         """
         if not self.manages_ip:
             return
-        held = {a.interface for u in uplinks for a in await self._netlink.addresses(u.index)}
+        held: set[IPInterface] = set()
+        for uplink in uplinks:
+            try:
+                held.update(a.interface for a in await self._netlink.addresses(uplink.index))
+            except KernelError as e:
+                if e.errno != errno.ENODEV:
+                    raise
+                # Unplugged since it was listed: it holds nothing; its events say what next.
         for address in self.desired_addresses():
             await self._netlink.add_address(bridge.index, address, nodad=address in held)
         for route in self.desired_routes():
