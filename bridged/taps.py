@@ -28,7 +28,7 @@ from typing import Any
 
 from bridged import api
 from bridged.auth import Authorizer, Caller
-from bridged.bridge import BridgeManager
+from bridged.bridge import BRIDGE_MARK, BridgeManager
 from bridged.config import TapsConfig
 from bridged.errors import (
     BridgeUnavailable,
@@ -577,8 +577,9 @@ class TapRegistry:
         """
         numbers: list[tuple[int, int]] = []
         for link in self._links:
-            if not (link.alias or "").startswith(ALIAS_PREFIX):
-                continue
+            alias = link.alias or ""
+            if not alias.startswith(ALIAS_PREFIX) or alias.startswith(BRIDGE_MARK):
+                continue  # not ours, or a bridge's mark (same prefix), not a tap's
             tap = tap_from_alias(link)
             if tap is None:
                 log.warning("%s has a bridged ifalias that cannot be read (%r); leaving it "
