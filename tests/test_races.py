@@ -391,6 +391,25 @@ def test_an_overrun_that_lost_an_uplink_replug_enslaves_the_new_one(
 # --- an uplink that vanishes while being enslaved -----------------------------------------
 
 
+def requests_to_reenslave(monkeypatch: pytest.MonkeyPatch) -> int:
+    """How many requests putting eth0 back on br0 takes (taken off by someone)."""
+    kernel = plain_host()
+    steps: list[int] = []
+
+    async def main() -> None:
+        stack, _, _ = await running(kernel, monkeypatch)
+        before = len(kernel.requests)
+        kernel.change(kernel.index("eth0"), master=None)
+        kernel.deliver()
+        await settle(kernel)
+        link = kernel.by_name("eth0")
+        assert link is not None and link.master == stack.bridge_index
+        steps.append(len(kernel.requests) - before)
+
+    run(main)
+    return steps[0]
+
+
 def test_an_uplink_that_vanishes_as_it_is_enslaved_is_enslaved_when_it_returns(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
     """set_link(master) meets ENODEV: the link was moved to another namespace. It comes
@@ -432,26 +451,9 @@ def test_an_uplink_unplugged_at_any_step_of_its_enslaving_is_enslaved_when_replu
     """Unplug eth0 at each request of its re-enslaving (addresses, MAC, master, routes,
     clearing the uplink), then plug it back (a new index): it ends enslaved, the daemon
     never gives up on it, and the bridge keeps the host's address."""
-    probe = plain_host()
-
-    async def count() -> int:
-        stack, _, _ = await running(probe, monkeypatch)
-        before = len(probe.requests)
-        probe.change(probe.index("eth0"), master=None)
-        probe.deliver()
-        await settle(probe)
-        link = probe.by_name("eth0")
-        assert link is not None and link.master == stack.bridge_index
-        return len(probe.requests) - before
-
-    steps: list[int] = []
-
-    async def counted() -> None:
-        steps.append(await count())
-
-    run(counted)
-    assert steps[0] >= 3
-    for nth in range(steps[0]):
+    steps = requests_to_reenslave(monkeypatch)
+    assert steps >= 3
+    for nth in range(steps):
         kernel = plain_host()
 
         async def main(kernel: FakeKernel = kernel, nth: int = nth) -> None:
@@ -584,3 +586,34 @@ def test_concurrent_creations_and_removals_end_true_to_the_kernel(
         run(main)
     # The sweep hit creations in flight (refused) and let others through.
     assert Failed in outcomes and Tap in outcomes
+
+
+def test_the_bridge_deleted_at_any_step_of_an_uplinks_enslaving_is_rebuilt_whole(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    """`ip link del br0` while eth0 is being put back on it: a new br0, with the host's
+    address, eth0 and every tap on it, and no uplink reported failed."""
+    caplog.set_level(logging.INFO, logger="bridged")
+    for nth in range(requests_to_reenslave(monkeypatch)):
+        kernel = plain_host()
+
+        async def main(kernel: FakeKernel = kernel, nth: int = nth) -> None:
+            stack, opened, lingering = await running(kernel, monkeypatch)
+            old = stack.bridge_index
+            kernel.at_request(nth, lambda _a, k=kernel: k.delete(k.index("br0")),
+                              when="before")
+            kernel.change(kernel.index("eth0"), master=None)
+            kernel.deliver()
+            await settle(kernel)
+            br0 = kernel.by_name("br0")
+            assert br0 is not None and br0.index != old and br0.up, f"step {nth}"
+            for name in ("eth0", opened, lingering):
+                link = kernel.by_name(name)
+                assert link is not None and link.master == br0.index and link.up, \
+                    f"br0 deleted at step {nth}: {name} is not on the new br0"
+            held = {a.interface for a in kernel.addresses[br0.index]}
+            assert ipaddress.ip_interface(HOST) in held
+            assert ("eth0", "failed") not in stack.uplink_events, f"step {nth}"
+            stack.assert_true_to_the_kernel()
+
+        run(main)
+    assert "cannot enslave" not in caplog.text
