@@ -330,6 +330,10 @@ class BridgeManager:
             await self.ip.undo_before_enslave(bridge, added)
             if e.errno == errno.ENODEV:
                 return  # unplugged while we worked: not a failure to remember
+            if await self._netlink.link(index=bridge.index) is None:
+                # The bridge went meanwhile (a master that is gone is EINVAL): its
+                # recreation enslaves the uplinks again; nothing failed.
+                return
             self._failed_uplinks[index] = link.master
             log.error("cannot enslave %s to %s: %s", link.name, bridge.name, e,
                       extra={"INTERFACE": link.name, "BRIDGED_EVENT": "uplink-failed"})
