@@ -60,8 +60,9 @@ class Stack:
     """One life of the daemon over ``kernel``: ``start()`` returns at READY=1."""
 
     def __init__(self, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch,
-                 config: dict[str, Any] | None = None) -> None:
+                 config: dict[str, Any] | None = None, bus_address: str | None = None) -> None:
         self.kernel = kernel
+        self.bus_address = bus_address
         monkeypatch.setattr(daemon_module, "Netlink", lambda name: FakeNetlink(kernel, name))
         monkeypatch.setattr(daemon_module, "LinkMonitor",
                             lambda *args, **kwargs: FakeMonitor(kernel, *args, **kwargs))
@@ -74,8 +75,9 @@ class Stack:
         self.unreadable: set[str] = set()  # taps with a mangled ifalias: left alone
 
     async def start(self) -> None:
+        where = ["--bus-address", self.bus_address] if self.bus_address else ["--no-bus"]
         args = daemon_module.build_parser().parse_args(
-            ["--no-bus", "--config", self.config.path])
+            [*where, "--config", self.config.path])
         self.daemon = daemon_module.Daemon(self.config, args)
         self.daemon.taps.on_added.append(lambda tap: self.added.append(tap.name))
         self.daemon.taps.on_removed.append(lambda tap: self.removed.append(tap.name))
