@@ -85,12 +85,14 @@ class BusService:
         self.bus = bus = await MessageBus(**kwargs).connect()
         compat.install(bus)
         bus.add_message_handler(self._on_message)
-        for tap in self._taps.taps.values():
-            self._paths[api.tap_path(tap.name)] = tap.name
-        self._sent = {api.MANAGER: self._manager_values(), api.BRIDGE: self._bridge_values()}
         reply = await bus.request_name(api.BUS_NAME)
         if reply.value not in (1, 4):  # PRIMARY_OWNER, ALREADY_OWNER
             raise NameTaken(f"{api.BUS_NAME} is already owned by another process")
+        # Taken after the last await: the daemon subscribes tap_added/tap_removed once
+        # this returns, so a tap gone during an await after a snapshot would stay an
+        # object that no tap backs (and fail every GetManagedObjects).
+        self._paths = {api.tap_path(name): name for name in self._taps.taps}
+        self._sent = {api.MANAGER: self._manager_values(), api.BRIDGE: self._bridge_values()}
 
     def stop(self) -> None:
         if self.bus is not None:
