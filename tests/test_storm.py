@@ -8,6 +8,8 @@ private bus, real unprivileged clients.
   --json` equal the kernel's bridged taps, no tap outlives its client, and no tap a
   live client holds is lost. BRIDGED_STORM_RESTARTS sets the number of restarts (30 by
   default, within CI time), BRIDGED_STORM_SEED the random seed.
+- Taps closed while a restarted daemon dumps the links (made long by 800 other links):
+  the race of issue 11's ghost taps, on the real kernel.
 - Uplink flaps of every kind with taps attached: each one recovers, the taps stay on.
 """
 
@@ -110,19 +112,22 @@ class Workers:
     """bt-member's client processes (tests/clients/stormclient.py), each in a process
     group of its own with its tap-holding children, so they can be paused as one."""
 
-    def __init__(self, bus: PrivateBus, count: int, seed: int) -> None:
+    def __init__(self, bus: PrivateBus, count: int, seed: int, max_taps: int = MAX_TAPS,
+                 *options: str) -> None:
         self.dir = os.path.join(bus.dir, "storm")
         os.mkdir(self.dir)
         os.chmod(self.dir, 0o1777)
         user = pwd.getpwnam(MEMBER)
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.killed_during_start = 0
+        self.bursts_at_dump = 0  # starts whose link dump met a burst of closing taps
         self.states = [os.path.join(self.dir, f"worker{i}.json") for i in range(count)]
         for i, state in enumerate(self.states):
             cmd = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
                    "--init-groups", "env", f"DBUS_SYSTEM_BUS_ADDRESS={bus.address}",
                    f"PYTHONPATH={bus.pythonpath}", sys.executable,
                    os.path.join(bus.clients, "stormclient.py"), bus.address, state,
-                   str(seed * 100 + i), str(MAX_TAPS)]
+                   str(seed * 100 + i), str(max_taps), *options]
             with open(os.path.join(self.dir, f"worker{i}.log"), "wb") as log:
                 self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=log,
                                                    start_new_session=True))
@@ -166,6 +171,43 @@ class Workers:
                     pass
         return killed
 
+    def kill_holders_during_start(self, rng: random.Random, share: float, daemon_pid: int,
+                                  span: float, burst_share: float = 0.5) -> threading.Thread:
+        """Kill some holders while the daemon starts: some in a burst the moment its link
+        monitor appears, which is when its start-up dump of the links begins (the race
+        of issue 11), the others at random moments of the next ``span`` seconds."""
+        chosen = [tap["holder"] for tap in self.held().values()
+                  if tap["kind"] != "linger" and rng.random() < share]
+        rng.shuffle(chosen)
+        cut = round(len(chosen) * burst_share)
+        burst, spread = chosen[:cut], chosen[cut:]
+        plan = sorted((rng.uniform(0, span), pid) for pid in spread)
+        delays = [rng.uniform(0, 0.003) for _ in burst]
+        began = time.monotonic()
+
+        def kill(pid: int) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                self.killed_during_start += 1
+
+        def run() -> None:
+            deadline = began + span
+            while burst and time.monotonic() < deadline:
+                if monitor_listening(daemon_pid):
+                    for pid, delay in zip(burst, delays, strict=True):
+                        time.sleep(delay)
+                        kill(pid)
+                    self.bursts_at_dump += 1
+                    break
+                time.sleep(0.0005)
+            for at, pid in plan:
+                time.sleep(max(0.0, began + at - time.monotonic()))
+                kill(pid)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
     def check_running(self) -> None:
         for i, proc in enumerate(self.procs):
             if proc.poll() is not None:
@@ -181,6 +223,18 @@ class Workers:
 
 
 # --- the daemon's lives --------------------------------------------------------------------
+
+
+def monitor_listening(pid: int) -> bool:
+    """Whether process ``pid`` has a NETLINK_ROUTE socket joined to RTMGRP_LINK (the
+    daemon's link monitor, opened just before its start-up dump)."""
+    try:
+        with open(f"/proc/{pid}/net/netlink") as f:
+            rows = [line.split() for line in f.readlines()[1:]]
+    except OSError:
+        return False
+    return any(row[1] == "0" and row[2] == str(pid) and int(row[3], 16) & 0x1
+               for row in rows if len(row) > 3)
 
 
 def start(daemon: Daemon) -> int:
@@ -292,9 +346,13 @@ def test_sigkill_storm_keeps_list_taps_true_to_the_kernel(
                     sigkill(daemon)
             t0 = time.monotonic()
             mark = start(daemon)
-            holders_killed += workers.kill_holders(rng, 0.1)  # ...and while it starts
+            # ...and while it starts: the start-up dump and adoption are in there.
+            assert daemon.proc is not None
+            killer = workers.kill_holders_during_start(rng, 0.5, daemon.proc.pid,
+                                                       span=max(to_ready or [0.3]))
             ready(daemon, mark)
             to_ready.append(time.monotonic() - t0)
+            killer.join()
             settle_times.append(settle_and_check(lab, bus, workers, daemon,
                                                  f"restart {restart + 1}"))
         workers.check_running()
@@ -302,6 +360,7 @@ def test_sigkill_storm_keeps_list_taps_true_to_the_kernel(
     finally:
         workers.close()
     elapsed = time.monotonic() - began
+    holders_killed += workers.killed_during_start
 
     # The clients are gone: their OpenTap and bound taps go with them; lingering ones
     # stay until released, and then nothing is left.
@@ -339,12 +398,57 @@ def test_sigkill_storm_keeps_list_taps_true_to_the_kernel(
             f"taps ({counts.get('open', 0)} OpenTap, {counts.get('bound', 0)} bound, "
             f"{counts.get('linger', 0)} lingering), {counts.get('failed_calls', 0)} calls "
             f"failed with the daemon away; {holders_killed} holders killed while it was down "
-            f"or starting; {statistics.mean(taps_at_restart):.1f} taps at each kill; "
+            f"or starting ({workers.bursts_at_dump} bursts as its start-up link dump "
+            f"began); {statistics.mean(taps_at_restart):.1f} taps at each kill; "
             f"start to READY p50 {percentile(to_ready, 0.5) * 1000:.0f} ms, max "
             f"{max(to_ready) * 1000:.0f} ms; true to the kernel after every restart, "
             f"settled in p50 {percentile(settle_times, 0.5) * 1000:.0f} ms, max "
             f"{max(settle_times) * 1000:.0f} ms; {len(lingering)} lingering taps whose "
             "creation reply was lost to a kill, released at the end")
+
+
+# --- the start-up dump race on the real kernel ---------------------------------------------
+
+
+def test_taps_closed_during_the_start_up_link_dump_leave_no_ghost(
+        lab: Lab, bus: PrivateBus, daemon_factory: Callable[..., Daemon],
+        figures: Callable[[str], None]):
+    """Issue 11's ghost, made likely: with 800 other links the restarted daemon's first
+    dump takes tens of milliseconds, and every OpenTap holder is killed the moment its
+    link monitor appears (just before that dump). Their taps are in the dump's snapshot
+    and their removals arrive during it: none may survive as a ghost."""
+    rounds = int(os.environ.get("BRIDGED_DUMP_RACE_ROUNDS", "8"))
+    pairs = "".join(f"link add p{i} type veth peer name q{i}\n" for i in range(400))
+    assert batch(lab.host, pairs).returncode == 0
+    daemon = daemon_factory(CONFIG, extra_args=("--bus-address", bus.address))
+    ready(daemon, start(daemon))
+    holders = Workers(bus, 1, SEED_VALUE, 12, "--hold-only")
+    rng = random.Random(SEED_VALUE)
+    killed = 0
+    try:
+        for i in range(rounds):
+            deadline = time.monotonic() + 20
+            while len(holders.held()) < 12:
+                holders.check_running()
+                assert time.monotonic() < deadline, "the client could not open its taps"
+                time.sleep(0.02)
+            sigkill(daemon)
+            mark = start(daemon)
+            assert daemon.proc is not None
+            before = holders.killed_during_start
+            killer = holders.kill_holders_during_start(rng, 1.0, daemon.proc.pid, span=10,
+                                                       burst_share=1.0)
+            ready(daemon, mark)
+            killer.join()
+            killed += holders.killed_during_start - before
+            settle_and_check(lab, bus, holders, daemon, f"dump race round {i + 1}")
+    finally:
+        holders.close()
+    assert holders.bursts_at_dump >= rounds // 2, "the bursts missed the start-up dumps"
+    assert "Traceback" not in daemon.log()
+    figures(f"start-up dump race: {rounds} restarts with 800 other links, "
+            f"{holders.bursts_at_dump} bursts of OpenTap holders killed as the dump began "
+            f"({killed} taps), no ghost")
 
 
 # --- uplink flaps ------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Many VM launchers in one process, run as an unprivileged user, for the restart storm.
 
-usage: stormclient.py ADDRESS STATE_FILE SEED MAX_TAPS
+usage: stormclient.py ADDRESS STATE_FILE SEED MAX_TAPS [--hold-only]
 
 Keeps up to MAX_TAPS taps, each held as a VM would hold it: an OpenTap tap's fd by a
 forked child of its own, a CreateTap tap bound (option pid) to a forked child, a
@@ -11,6 +11,9 @@ daemon is down or was killed mid-call are counted and the work goes on.
 STATE_FILE (JSON, replaced atomically) lists what it holds: a tap is listed only once
 the reply naming it came, and unlisted before it is let go, so a listed tap whose
 holder is alive must exist. Children die with this process (PR_SET_PDEATHSIG).
+
+With --hold-only it only keeps MAX_TAPS OpenTap taps open, getting new ones as their
+holders are killed from outside.
 """
 
 import asyncio
@@ -53,8 +56,10 @@ def spawn(keep: int = -1) -> int:
 
 
 class Storm:
-    def __init__(self, address: str, state_file: str, seed: int, max_taps: int) -> None:
+    def __init__(self, address: str, state_file: str, seed: int, max_taps: int,
+                 hold_only: bool = False) -> None:
         self.address = address
+        self.hold_only = hold_only
         self.state_file = state_file
         self.rng = random.Random(seed)
         self.max_taps = max_taps
@@ -83,7 +88,7 @@ class Storm:
             self.save()
 
     async def acquire(self, client: Client) -> None:
-        kind = self.rng.choice(("open", "open", "bound", "linger"))
+        kind = "open" if self.hold_only else self.rng.choice(("open", "open", "bound", "linger"))
         if kind == "open":
             opened = await client.open_tap({"label": "storm"})
             holder = spawn(opened.fds[0])
@@ -130,7 +135,10 @@ class Storm:
         while True:
             self.reap()
             try:
-                if self.doubtful and self.rng.random() < 0.2:
+                if self.hold_only:
+                    if len(self.held) < self.max_taps:
+                        await self.acquire(client)
+                elif self.doubtful and self.rng.random() < 0.2:
                     name = self.doubtful.pop()
                     try:
                         await client.release_tap(name)
@@ -152,4 +160,4 @@ class Storm:
 if __name__ == "__main__":
     address, state_file, seed, max_taps = sys.argv[1], sys.argv[2], int(sys.argv[3]), \
         int(sys.argv[4])
-    asyncio.run(Storm(address, state_file, seed, max_taps).run())
+    asyncio.run(Storm(address, state_file, seed, max_taps, "--hold-only" in sys.argv).run())
