@@ -21,7 +21,7 @@ PEER = "org.freedesktop.DBus.Peer"
 # signatures are InvalidArgument, never ignored.
 TAP_OPTIONS: dict[str, str] = {
     "name": "s", "label": "s", "queues": "u", "vnet_hdr": "b", "mtu": "u", "vlan": "q",
-    "isolated": "b", "linger": "b", "pid": "u",
+    "isolated": "b", "linger": "b", "pid": "u", "mac": "s", "trusted": "b",
 }
 # Options that only make sense for a persistent tap (CreateTap).
 CREATE_ONLY = frozenset({"linger", "pid"})

@@ -13,6 +13,7 @@ import contextlib
 import enum
 import errno
 import logging
+import os
 from collections.abc import Callable
 
 from bridged.config import MAC_FROM_UPLINK, BridgeConfig
@@ -30,11 +31,21 @@ BRIDGE_MARK = "bridged:bridge"
 DEFAULT_MTU = 1500
 
 
+def made_by(name: str) -> str:
+    """Which tool a bridge bridged did not make seems to come from, as " (...)"."""
+    if os.path.exists(f"/run/network/ifstate.{name}"):
+        return f" (ifupdown brought it up: /etc/network/interfaces has 'iface {name}')"
+    return " (another tool made it: ifupdown, NetworkManager, systemd-networkd, or by hand)"
+
+
 class State(enum.Enum):
     STARTING = "starting"
     READY = "ready"
     DEGRADED = "degraded"
     STOPPING = "stopping"
+    # The host could not reach its gateway after an IP move, and was put back as it
+    # was: the uplinks stay off the bridge until a new config or a retry.
+    ROLLED_BACK = "rolled-back"
 
 
 class BridgeManager:
@@ -56,14 +67,24 @@ class BridgeManager:
         self._pending_uplinks: set[int] = set()
         self._bridge_dirty = False
         self._addresses_lost = False
+        self._uplinks_to_clear: set[int] = set()
+        # Tells bridged's own taps from other ports (the tap registry answers).
+        self.is_tap: Callable[[Link], bool] = lambda link: False
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         # index -> master it had when enslaving failed; retried once that changes.
         self._failed_uplinks: dict[int, int | None] = {}
+        # Why the last IP move was rolled back; while set, no uplink is enslaved.
+        self.rolled_back: str | None = None
+        self._idle = asyncio.Event()
         # Listeners: the D-Bus layer, sd_notify status, the tap registry.
         self.on_change: list[Callable[[], None]] = []
         self.on_uplink_changed: list[Callable[[str, str], None]] = []
         self.on_bridge_created: list[Callable[[Link], None]] = []
+        # Called after addresses moved off an uplink onto the bridge (to verify the move).
+        self.on_moved: list[Callable[[], None]] = []
+        self.enslaved_count = 0  # uplinks bridged enslaved since it started
+        self._created = False  # this run made the bridge (a failed start removes it)
 
     # --- what others read ------------------------------------------------------------
 
@@ -85,12 +106,23 @@ class BridgeManager:
         index = self.index
         return [link for link in self.uplinks() if index and link.master == index]
 
+    def foreign_ports(self) -> list[Link]:
+        """Ports that are neither uplinks nor bridged's taps: another tool put them there."""
+        return [p for p in self.ports()
+                if p.index not in self._uplink_indexes and not self.is_tap(p)]
+
     def watches_addresses_of(self, index: int) -> bool:
-        return index == self.index
+        if index == self.index:
+            return True
+        link = self.links.get(index) if index in self._uplink_indexes else None
+        return link is not None and self.bridge is not None and link.master == self.bridge.index
 
     def status_line(self) -> str:
         if self.bridge is None:
             return f"{self.config.name} missing"
+        if self.rolled_back is not None:
+            return (f"{self.bridge.name} up, rolled back: {self.rolled_back}; uplinks kept "
+                    "off the bridge until the config is reloaded or 'bridgectl retry'")
         uplinks = [link.name for link in self.enslaved_uplinks()]
         if uplinks:
             return f"{self.bridge.name} up, uplink {', '.join(uplinks)}"
@@ -170,7 +202,8 @@ class BridgeManager:
             self._wakeup.set()
             return
         if index in self._uplink_indexes:
-            if self._needs_enslaving(new) and not self._gave_up_on(new):
+            if self.rolled_back is None and self._needs_enslaving(new) and \
+                    not self._gave_up_on(new):
                 if old is None or not was_uplink:
                     log.info("uplink %s appeared", new.name,
                              extra={"INTERFACE": new.name, "BRIDGED_EVENT": "uplink-appeared"})
@@ -190,6 +223,11 @@ class BridgeManager:
         elif self.bridge is not None and (
                 (old is not None and old.master == self.bridge.index) !=
                 (new.master == self.bridge.index)):
+            if new.master == self.bridge.index and not self.is_tap(new):
+                log.warning("%s joined %s but is neither an uplink nor a bridged tap: another "
+                            "tool put it there (a foreign port; bridged leaves it alone)",
+                            new.name, self.bridge.name,
+                            extra={"INTERFACE": new.name, "BRIDGED_EVENT": "foreign-port"})
             self._notify()  # a port came or went
 
     def _link_gone(self, link: Link) -> None:
@@ -212,13 +250,39 @@ class BridgeManager:
         self._update_state()
 
     def handle_address_event(self, event: AddressEvent) -> None:
-        if self.bridge is None or event.index != self.bridge.index:
+        if self.bridge is None:
+            return
+        if event.index != self.bridge.index:
+            self._uplink_address(event)
             return
         if event.removed:
             self.addresses.discard(event.address)
         else:
             self.addresses.add(event.address)
         self._notify()
+
+    def _uplink_address(self, event: AddressEvent) -> None:
+        """An address appeared on an enslaved uplink: another tool's DHCP client or
+        profile (NetworkManager, networkd, ifupdown) configured it again. It is dead
+        there, and its routes compete with the bridge's: remove them."""
+        link = self.links.get(event.index)
+        if event.removed or not event.address.is_global or link is None or \
+                link.master != self.index or self.rolled_back is not None:
+            return  # (a rollback gives the uplink its addresses back, on purpose)
+        if not self.ip.manages_ip:
+            log.warning("address %s appeared on %s, which is enslaved to %s: it cannot work "
+                        "there; stop the tool that put it there (ip.mode = \"none\": bridged "
+                        "leaves addresses alone)", event.address.interface, link.name,
+                        self.config.name, extra={"INTERFACE": link.name,
+                                                 "BRIDGED_EVENT": "uplink-address"})
+            return
+        log.warning("address %s appeared on %s, which is enslaved to %s; removing it (another "
+                    "tool configures %s: see 'journalctl -u bridged' for which)",
+                    event.address.interface, link.name, self.config.name, link.name,
+                    extra={"INTERFACE": link.name, "BRIDGED_EVENT": "uplink-address",
+                           "BRIDGED_ADDRESS": str(event.address.interface)})
+        self._uplinks_to_clear.add(link.index)
+        self._wakeup.set()
 
     def addresses_lost(self) -> None:
         """Address events were lost: read the bridge's addresses again."""
@@ -229,13 +293,78 @@ class BridgeManager:
 
     async def _reconcile_forever(self) -> None:
         while True:
+            self._idle.set()
             await self._wakeup.wait()
+            self._idle.clear()
             self._wakeup.clear()
             try:
                 await self._reconcile_once()
             except Exception:
                 log.exception("reconciling %s failed", self.config.name)
             self._update_state()
+
+    async def settled(self) -> None:
+        """Wait until the reconciler has done all the work asked of it so far."""
+        while self._wakeup.is_set() or not self._idle.is_set():
+            if self._idle.is_set():
+                await asyncio.sleep(0)  # let the reconciler see its wakeup
+            else:
+                await self._idle.wait()
+
+    async def roll_back(self, why: str) -> None:
+        """Put the host back as it was before the IP move: each uplink gets its own
+        addresses back, leaves the bridge, gets its routes back; the bridge keeps its
+        taps but loses bridged's addresses and routes. In that order, so that the host
+        always has an address on a link that carries its traffic."""
+        self.rolled_back = why
+        await self._release_uplinks()
+        self._pending_uplinks.clear()
+        self._update_state()
+
+    async def undo_start(self) -> None:
+        """A start that failed leaves nothing behind that it created: the uplinks get
+        their own configuration back, a bridge made by this start goes."""
+        if not self._created:
+            return
+        self.rolled_back = "start failed"
+        try:
+            await self._release_uplinks()
+            if self.bridge is not None:
+                await self._netlink.delete_link(self.bridge.index)
+                log.info("bridge %s removed again", self.config.name,
+                         extra={"INTERFACE": self.config.name,
+                                "BRIDGED_EVENT": "bridge-removed"})
+        except KernelError as e:
+            log.error("undoing the start failed: %s", e,
+                      extra={"BRIDGED_EVENT": "rollback-failed"})
+
+    async def _release_uplinks(self) -> None:
+        bridge = self.bridge
+        if bridge is not None:
+            for uplink in self.enslaved_uplinks():
+                try:
+                    await self.ip.give_back(bridge, uplink)
+                    await self._netlink.set_link(uplink.index, master=0)
+                    await self.ip.give_back_routes(bridge, uplink)
+                except KernelError as e:
+                    log.error("rolling %s back failed: %s", uplink.name, e,
+                              extra={"INTERFACE": uplink.name,
+                                     "BRIDGED_EVENT": "rollback-failed"})
+                else:
+                    log.warning("%s released from %s with its own addresses and routes",
+                                uplink.name, bridge.name,
+                                extra={"INTERFACE": uplink.name,
+                                       "BRIDGED_EVENT": "uplink-released"})
+                    self._uplink_changed(uplink.name, "released")
+            await self.ip.clear_bridge(bridge)
+
+    def retry(self) -> None:
+        """Try the move again (after a rollback): enslave what matches."""
+        self.rolled_back = None
+        self._pending_uplinks.update(link.index for link in self.uplinks())
+        self._bridge_dirty = True
+        self._wakeup.set()
+        self._update_state()
 
     async def _reconcile_once(self) -> None:
         if self._addresses_lost and self.bridge is not None:
@@ -251,6 +380,11 @@ class BridgeManager:
                                           "BRIDGED_EVENT": "bridge-unavailable"})
                 return
             self._pending_uplinks.update(link.index for link in self.uplinks())
+        while self._uplinks_to_clear:
+            link = self.links.get(self._uplinks_to_clear.pop())
+            if link is not None and self.bridge is not None and link.master == self.index \
+                    and self.rolled_back is None:
+                await self.ip.clear_uplink(self.bridge, link)
         while self._pending_uplinks:
             await self._adopt_uplink_or_log(self._pending_uplinks.pop())
 
@@ -282,12 +416,21 @@ class BridgeManager:
         created = link is None
         if link is None:
             link = await self._netlink.create_bridge(cfg.name, cfg.stp, cfg.forward_delay)
+            self._created = self.state == State.STARTING
             log.info("bridge %s created", cfg.name,
                      extra={"INTERFACE": cfg.name, "BRIDGED_EVENT": "bridge-created"})
         else:
+            ours = (link.alias or "").startswith(BRIDGE_MARK)
+            if not ours and not cfg.adopt:
+                raise BridgeUnavailable(
+                    f"bridge {cfg.name} exists and bridged did not make it"
+                    f"{made_by(cfg.name)}; bridged does not take over another tool's bridge: "
+                    f"remove it there (and 'ip link del {cfg.name}'), or set "
+                    "bridge.adopt = true to take it over as it is")
             await self._netlink.set_bridge_options(link.index, cfg.stp, cfg.forward_delay)
             if self.bridge is None:
-                log.info("bridge %s adopted", cfg.name,
+                log.info("bridge %s adopted%s", cfg.name,
+                         "" if ours else " (bridge.adopt = true)",
                          extra={"INTERFACE": cfg.name, "BRIDGED_EVENT": "bridge-adopted"})
         changes: dict[str, object] = {"state": "up", "mtu": self._desired_mtu()}
         if cfg.mac not in (None, MAC_FROM_UPLINK):
@@ -315,7 +458,8 @@ class BridgeManager:
         """
         bridge = self.bridge
         link = await self._netlink.link(index=index)
-        if bridge is None or link is None or not self._is_uplink(link):
+        if bridge is None or link is None or not self._is_uplink(link) or \
+                self.rolled_back is not None:
             return
         if not self._needs_enslaving(link):
             return
@@ -340,6 +484,7 @@ class BridgeManager:
             self._uplink_changed(link.name, "failed")
             return
         self._failed_uplinks.pop(index, None)
+        self.enslaved_count += 1
         if self.config.mtu is None and not any(u.index != index
                                                for u in self.enslaved_uplinks()):
             # The first uplink sets the pace: its MTU, pinned on the bridge.
@@ -349,7 +494,9 @@ class BridgeManager:
                  extra={"INTERFACE": link.name, "BRIDGED_EVENT": "uplink-enslaved",
                         "BRIDGED_BRIDGE": bridge.name})
         self._uplink_changed(link.name, "enslaved")
-        await self.ip.after_enslave(bridge, link)
+        if await self.ip.after_enslave(bridge, link):
+            for listener in self.on_moved:
+                listener()
 
     async def _set_bridge_mac_from(self, bridge: Link, uplink: Link) -> None:
         if self.config.mac != MAC_FROM_UPLINK:
@@ -402,7 +549,9 @@ class BridgeManager:
     def _update_state(self) -> None:
         if self.state == State.STOPPING:
             return
-        if self.bridge is None or (self.config.uplinks and not self.enslaved_uplinks()):
+        if self.rolled_back is not None:
+            new = State.ROLLED_BACK
+        elif self.bridge is None or (self.config.uplinks and not self.enslaved_uplinks()):
             new = State.DEGRADED
         else:
             new = State.READY

@@ -12,10 +12,13 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridged import __version__, qemu
 from bridged.client import BRIDGE, MANAGER, TAP, Client, ClientError, unwrap
+
+if TYPE_CHECKING:
+    from bridged.ifupdown import Conversion
 
 # Exit statuses, after systemctl's: 4 for "not allowed"; 69 (EX_UNAVAILABLE) when the
 # daemon or the bus cannot be reached.
@@ -57,7 +60,9 @@ def tap_record(path: str, props: dict[str, Any]) -> dict[str, Any]:
             "label": props["Label"], "client_pid": props["ClientPID"],
             "persistent": props["Persistent"], "queues": props["Queues"],
             "vnet_hdr": props["VnetHdr"], "mtu": props["MTU"], "vlan": props["VLAN"],
-            "isolated": props["Isolated"], "created_at_us": props["CreatedAt"]}
+            "isolated": props["Isolated"], "created_at_us": props["CreatedAt"],
+            # Older daemons have no guards: absent means unguarded, MAC unknown.
+            "guarded": props.get("Guarded", False), "mac": props.get("MAC", "")}
 
 
 async def gather_status(client: Client) -> dict[str, Any]:
@@ -67,14 +72,18 @@ async def gather_status(client: Client) -> dict[str, Any]:
     taps = sorted((tap_record(path, ifaces[TAP]) for path, ifaces in objects.items()
                    if TAP in ifaces), key=lambda t: (len(t["name"]), t["name"]))
     tap_names = {t["name"] for t in taps}
+    foreign = bridge.get("ForeignPorts", [])
     return {
         "version": manager["Version"], "state": manager["State"],
+        "status": manager.get("StatusText", ""),
         "bridge": {"name": bridge.get("Name"), "index": bridge.get("Index"),
                    "mac": bridge.get("MACAddress"), "mtu": bridge.get("MTU"),
                    "stp": bridge.get("STP"), "forward_delay": bridge.get("ForwardDelay"),
                    "operstate": bridge.get("OperState"), "addresses": bridge.get("Addresses", [])},
         "uplinks": {"configured": bridge.get("Uplinks", []),
-                    "enslaved": [p for p in bridge.get("Ports", []) if p not in tap_names]},
+                    "enslaved": [p for p in bridge.get("Ports", [])
+                                 if p not in tap_names and p not in foreign]},
+        "foreign_ports": foreign,
         "taps": taps,
     }
 
@@ -84,12 +93,15 @@ def render_status(status: dict[str, Any]) -> str:
     enslaved = ", ".join(f"{u} (enslaved)" for u in up["enslaved"]) or "none present"
     lines = [
         f"● {b['name']}  bridged {status['version']}, {status['state']}",
+        f"       Status: {status['status']}",
         f"        State: {b['operstate']}",
         f"          MAC: {b['mac']}",
         f"          MTU: {b['mtu']}",
         f"          STP: {'on' if b['stp'] else 'off'} (forward delay {b['forward_delay']} s)",
         f"    Addresses: {', '.join(b['addresses']) or '-'}",
         f"      Uplinks: {enslaved}; configured: {', '.join(up['configured']) or 'none'}",
+        *([f"Foreign ports: {', '.join(status['foreign_ports'])} (not bridged's: another "
+           "tool put them on the bridge)"] if status["foreign_ports"] else []),
         f"         Taps: {len(status['taps'])}",
     ]
     if status["taps"]:
@@ -101,8 +113,10 @@ def render_taps(taps: list[dict[str, Any]]) -> str:
     now = time.time()
     rows = [(t["name"], t["owner"], t["label"] or "-", t["queues"], t["vlan"] or "-",
              "linger" if not t["client_pid"] and t["persistent"] else t["client_pid"] or "fd",
+             "on" if t["guarded"] else "off", t["mac"] or ("learning" if t["guarded"] else "-"),
              age(t["created_at_us"], now)) for t in taps]
-    return table(("TAP", "OWNER", "LABEL", "QUEUES", "VLAN", "HELD BY", "AGE"), rows)
+    return table(("TAP", "OWNER", "LABEL", "QUEUES", "VLAN", "HELD BY", "GUARD", "MAC", "AGE"),
+                 rows)
 
 
 def tap_request(args: argparse.Namespace) -> dict[str, Any]:
@@ -161,6 +175,14 @@ async def cmd_release(client: Client, args: argparse.Namespace) -> int:
     for name in args.names:
         await client.release_tap(name)
     return 0
+
+
+async def cmd_retry(client: Client, args: argparse.Namespace) -> int:
+    await client.retry()
+    status = await client.manager_properties()
+    print(status["StatusText"] if not args.json else json.dumps(
+        {"state": status["State"], "status": status["StatusText"]}))
+    return 0 if status["State"] != "rolled-back" else EXIT_FAILED
 
 
 def describe_event(member: str, body: list[Any], path: str) -> dict[str, Any]:
@@ -255,6 +277,8 @@ async def cmd_run(client: Client, args: argparse.Namespace) -> int:
     mac = args.mac or qemu.guest_mac(os.getuid(), label or " ".join(command))
     options = tap_request(args)
     options["label"] = label
+    # The guards let the tap send from this MAC only, from its first frame on.
+    options["mac"] = mac
     tap = await client.open_tap(options)
     client.close()
     # qemu inherits the queue fds; the tap lives exactly as long as they stay open.
@@ -269,6 +293,76 @@ async def cmd_run(client: Client, args: argparse.Namespace) -> int:
     except OSError as e:  # the tap goes with our fds as we exit
         raise ClientError("Failed", f"cannot run {argv[0]}: {e.strerror}") from None
     return EXIT_FAILED  # not reached
+
+
+def render_import(conversion: Conversion, wrote: str | None) -> str:
+    """The import's report for people. Without -o it follows the TOML as comments, so
+    that stdout redirected to a file is still a valid bridged.toml."""
+    comment = wrote is None and conversion.config is not None
+    out: list[str] = []
+    if conversion.refused:
+        out += ["", "Refused: not in bridged.toml; handle by hand:" if conversion.config
+                else "Nothing converted:"]
+        out += [f"  {f}" for f in conversion.refused]
+    if conversion.removals:
+        width = max(len(r.lines()) for r in conversion.removals)
+        out += ["", "Then remove from ifupdown's files, after bridged.toml is in place and "
+                    "before bridged starts", "(README: Coming from /etc/network/interfaces):"]
+        out += [f"  {r.lines():<{width}}  {r.describe()}: {r.text}" for r in conversion.removals]
+    if conversion.commands:
+        out += ["", "Taps, once bridged runs (an old tap of that name must go first, with its "
+                    "VM off: ip link del TAP):"]
+        out += [f"  {line}" for line in conversion.setup]
+        out += [f"  {c.shell}  # {c.where}" for c in conversion.commands]
+    if conversion.notes:
+        out += ["", "Notes:"] + [f"  {n}" for n in conversion.notes]
+    if comment:
+        return "\n".join([conversion.config or "", "# --- import-ifupdown's report ---",
+                          *(f"# {line}".rstrip() for line in out)])
+    head = [f"Wrote {wrote}."] if wrote and conversion.config is not None else []
+    return "\n".join(head + out).strip("\n")
+
+
+def write_new_file(path: str, text: str, force: bool) -> None:
+    """Write ``path`` whole or not at all; an existing file only with ``force``."""
+    if os.path.lexists(path) and not force:
+        raise FileExistsError(f"{path} exists; --force overwrites it")
+    directory = os.path.dirname(os.path.abspath(path))
+    temp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with open(temp, "w", encoding="utf-8") as f:
+        f.write(text)
+        os.fchmod(f.fileno(), 0o644)
+    os.replace(temp, path)
+
+
+def cmd_import_ifupdown(args: argparse.Namespace) -> int:
+    """No bus here: it reads files and prints text, before bridged runs at all."""
+    from bridged import ifupdown  # imported here: the other commands need not pay for it
+
+    where: tuple[str, int | None]
+    try:
+        conversion = ifupdown.import_file(args.file or ifupdown.DEFAULT_PATH)
+    except ifupdown.InputError as e:
+        message, status, where = f"cannot read {e}", ifupdown.EX_NOINPUT, (e.path, None)
+    except ifupdown.ParseError as e:
+        message, status, where = str(e), ifupdown.EX_DATAERR, (e.where.file, e.where.line)
+    else:
+        if args.output and conversion.config is not None:
+            try:
+                write_new_file(args.output, conversion.config, args.force)
+            except OSError as e:
+                print(f"bridgectl: {e}", file=sys.stderr)
+                return ifupdown.EX_CANTCREAT
+        if args.json:
+            print(json.dumps(conversion.as_dict(), ensure_ascii=False))
+        else:
+            print(render_import(conversion, args.output))
+        return conversion.status
+    if args.json:
+        print(json.dumps({"status": status, "error": message, "file": where[0],
+                          "line": where[1]}, ensure_ascii=False))
+    print(f"bridgectl: {message}", file=sys.stderr)
+    return status
 
 
 def add_tap_options(parser: argparse.ArgumentParser) -> None:
@@ -299,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  bridgectl run -- qemu-system-x86_64 -m 1024 -hda vm.img\n"
                "  tap=$(bridgectl create --label vm1) && exec qemu-system-x86_64 ... "
                "-netdev tap,id=n0,ifname=$tap,script=no,downscript=no\n"
+               "  bridgectl import-ifupdown    # /etc/network/interfaces -> bridged.toml\n"
                "See bridgectl(1).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"bridgectl {__version__}")
@@ -334,6 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
                    description="Print tap and uplink events and state changes as they "
                                "happen, until interrupted (Ctrl-C).")
 
+    sub.add_parser(
+        "retry", parents=[common], help="try the IP move again after a rollback (root)",
+        description="After bridged rolled an IP move back (the gateway did not answer "
+                    "through the bridge within ip.probe_timeout), enslave the uplinks "
+                    "and move the host's addresses again with the config file as it is "
+                    "now, and verify again. Prints the outcome; exit status 1 if it was "
+                    "rolled back again. Root only.")
+
     run = sub.add_parser(
         "run", parents=[common], help="run qemu with a NIC on the bridge",
         description="Ask bridged for a tap, then exec the qemu command with a "
@@ -346,12 +449,55 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--netdev-id", default="bridged0", help="qemu netdev id")
     run.add_argument("-q", "--quiet", action="store_true", help="print nothing before qemu starts")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- QEMU-COMMAND...")
+
+    json_only = argparse.ArgumentParser(add_help=False)
+    json_only.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                           help="print one JSON object: status, config (the TOML text), "
+                                "remove, setup, commands, notes, refused")
+    imp = sub.add_parser(
+        "import-ifupdown", parents=[json_only],
+        help="turn /etc/network/interfaces into bridged.toml (reads files only)",
+        description=(
+            "Read Debian ifupdown's interfaces file (and what it sources) and print the\n"
+            "bridged.toml that brings up the same bridge: its ports as uplinks, STP and\n"
+            "forward delay, MAC, MTU, the address, gateway and name servers. Without a\n"
+            "bridge in the file, the interface that carries the host's address (the Debian\n"
+            "installer's eth0) becomes the uplink of a new br0.\n\n"
+            "Then it lists the stanzas and names to remove from ifupdown's files (file:line),\n"
+            "a 'bridgectl create --linger --name TAP' line for each tap ifupdown created\n"
+            "(ip tuntap add ... user U, tunctl -u U), run as its owner, and every line it\n"
+            "cannot express, with the reason. Without -o the report follows the TOML as\n"
+            "comments, so the output is a valid file.\n\n"
+            "It only reads files: no root, no bus, no running bridged needed."),
+        epilog=(
+            "exit status:\n"
+            "  0   converted fully\n"
+            "  1   converted, with refused lines (printed: handle them by hand)\n"
+            "  2   nothing converted (no bridge and no interface with an address)\n"
+            "  65  a file cannot be parsed (file:line)\n"
+            "  66  FILE cannot be read\n"
+            "  73  -o would overwrite a file (use --force)\n\n"
+            "example:\n"
+            "  bridgectl import-ifupdown -o /root/bridged.toml\n"
+            "  bridged --check-config --config /root/bridged.toml\n"
+            "then follow \"Coming from /etc/network/interfaces\" in bridged's README: its\n"
+            "order keeps an SSH session up."),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    imp.add_argument("file", nargs="?", metavar="FILE",
+                     help="the interfaces file (default: /etc/network/interfaces)")
+    imp.add_argument("-o", "--output", metavar="PATH",
+                     help="write the TOML to PATH (the report still goes to stdout)")
+    imp.add_argument("--force", action="store_true", help="let -o overwrite PATH")
     return parser
 
 
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "status": cmd_status, "list": cmd_list, "create": cmd_create, "release": cmd_release,
-    "monitor": cmd_monitor, "run": cmd_run,
+    "monitor": cmd_monitor, "run": cmd_run, "retry": cmd_retry,
+}
+# Commands that never talk to bridged: they run before it is installed or configured.
+LOCAL_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "import-ifupdown": cmd_import_ifupdown,
 }
 
 
@@ -369,6 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for option in ("bus_address", "json"):  # SUPPRESSed when not given at all
         setattr(args, option, getattr(args, option, None))
     try:
+        if args.command_name in LOCAL_COMMANDS:
+            return LOCAL_COMMANDS[args.command_name](args)
         return asyncio.run(run_command(args))
     except ClientError as exc:
         print(f"bridgectl: {exc.message}", file=sys.stderr)

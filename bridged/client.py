@@ -1,4 +1,4 @@
-"""The client side of the D-Bus API, shared by bridgectl and bridged-helper.
+"""The client side of the D-Bus API, used by bridgectl (and by the benchmark).
 
 Clients speak to the daemon only over the bus; nothing here touches the kernel.
 """
@@ -135,6 +135,9 @@ class Client:
 
     async def release_tap(self, ifname: str) -> None:
         await self.call(ROOT_PATH, MANAGER, "ReleaseTap", "s", [ifname])
+
+    async def retry(self) -> None:
+        await self.call(ROOT_PATH, MANAGER, "Retry")
 
     async def objects(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Every object the daemon exports: path -> interface -> properties."""

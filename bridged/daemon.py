@@ -16,13 +16,14 @@ import sys
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
-from bridged import __version__, journal, udev
+from bridged import __version__, journal, probe, udev
 from bridged.api import BUS_NAME
 from bridged.auth import Authorizer
 from bridged.bridge import BridgeManager, State
 from bridged.bus.service import BusService, NameTaken, bus_address_from_env
-from bridged.config import DEFAULT_PATH, Config, load
+from bridged.config import DEFAULT_PATH, Config, check_reload, load
 from bridged.errors import BridgeUnavailable, ConfigError
+from bridged.guards import Guards, GuardsUnavailable
 from bridged.ipconfig import IPManager
 from bridged.kernel.events import LinkMonitor
 from bridged.kernel.linktable import LinkTable
@@ -52,10 +53,13 @@ class Daemon:
         self.ip = IPManager(config.ip, self.netlink)
         self.bridge = BridgeManager(config.bridge, self.ip, self.netlink, self.links)
         self.authorizer = Authorizer(config.taps, config.auth, self._polkit_allows)
+        # Guards go in on the lane that creates taps, before a tap is up.
+        self.guards = Guards(self.netlink, self.reaper, config.taps.guard)
         self.taps = TapRegistry(config.taps, self.bridge, self.authorizer, self.netlink,
-                                self.reaper, self.links)
+                                self.reaper, self.links, self.guards)
         self.links.subscribe(self.bridge.link_changed)
         self.links.subscribe(self.taps.link_changed)
+        self.bridge.is_tap = self.taps.owns
         self.monitor = LinkMonitor(self.links.event, self._events_lost,
                                    self.bridge.handle_address_event,
                                    self.bridge.watches_addresses_of)
@@ -65,6 +69,11 @@ class Daemon:
         self._status_pending = False
         self._exit_code = EX_OK
         self._bus_watch: asyncio.Task[None] | None = None
+        # Why the last IP change was rolled back (State "rolled-back"); None when the
+        # running configuration is the file's and the host reaches its gateway.
+        self.rolled_back: str | None = None
+        self._verifying: asyncio.Task[None] | None = None
+        self._last_probe_failure = ""
 
     @property
     def bus(self) -> MessageBus | None:
@@ -77,9 +86,15 @@ class Daemon:
     async def _polkit_allows(self, sender: str, action: str) -> bool:
         return self.service is not None and await self.service.polkit_allows(sender, action)
 
+    def state(self) -> str:
+        return "rolled-back" if self.rolled_back is not None else self.bridge.state.value
+
     def status_line(self) -> str:
         count = len(self.taps.taps)
-        return f"{self.bridge.status_line()}, {count} tap{'' if count == 1 else 's'}"
+        line = f"{self.bridge.status_line()}, {count} tap{'' if count == 1 else 's'}"
+        if self.rolled_back is not None and self.bridge.rolled_back is None:
+            line += f"; reload rolled back: {self.rolled_back}"
+        return line
 
     def _status_changed(self) -> None:
         # Once per loop iteration, however many events asked for it.
@@ -91,6 +106,8 @@ class Daemon:
         self._status_pending = False
         if self.bridge.state != State.STARTING:
             self.notifier.status(self.status_line())
+        if self.service is not None:
+            self.service.properties_changed()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -103,16 +120,27 @@ class Daemon:
             await self.bridge.start()
         except BridgeUnavailable as e:
             log.error("%s", e, extra={"BRIDGED_EVENT": "start-failed"})
+            await self.bridge.undo_start()
             return EX_UNAVAILABLE
         except KernelError as e:
             log.error("cannot set up bridge %s: %s", self.config.bridge.name, e,
                       extra={"BRIDGED_EVENT": "start-failed"})
+            await self.bridge.undo_start()
             return EX_UNAVAILABLE
+        if self.bridge.enslaved_count and not await self._move_verified("start"):
+            await self._roll_back_move()
+        self.bridge.on_moved.append(self._moved)
         self.taps.adopt()
+        try:
+            await self.guards.start()
+        except GuardsUnavailable as e:
+            log.error("%s", e, extra={"BRIDGED_EVENT": "start-failed"})
+            return EX_UNAVAILABLE
         self.taps.start()
         if not self.args.no_bus:
             self.service = BusService(bus_address_from_env(self.args.bus_address),
-                                      self.bridge, self.taps, lambda: self.bridge.state.value)
+                                      self.bridge, self.taps, self.state, self.retry,
+                                      self.status_line)
             try:
                 await self.service.start()
             except (OSError, NameTaken, DBusError) as e:
@@ -122,6 +150,7 @@ class Daemon:
             self._bus_watch = asyncio.create_task(self._watch_bus())
             self.taps.on_added.append(self.service.tap_added)
             self.taps.on_removed.append(self.service.tap_removed)
+            self.taps.on_changed.append(self.service.tap_changed)
             self.bridge.on_change.append(self.service.properties_changed)
             self.bridge.on_uplink_changed.append(self.service.uplink_changed)
         await self._apply_dns()
@@ -134,7 +163,7 @@ class Daemon:
         self.notifier.ready(self.status_line())
         self.notifier.start_watchdog()
         log.info("bridged %s ready: %s", __version__, self.status_line(),
-                 extra={"BRIDGED_EVENT": "ready", "BRIDGED_STATE": self.bridge.state.value})
+                 extra={"BRIDGED_EVENT": "ready", "BRIDGED_STATE": self.state()})
         await self._stop.wait()
 
         log.info("stopping", extra={"BRIDGED_EVENT": "stopping"})
@@ -144,6 +173,8 @@ class Daemon:
             await self._reloading
         await self.bridge.stop()
         await self.taps.stop()
+        # The guards' table stays: the taps stay, and so must what guards them.
+        self.guards.stop()
         if self.service is not None:
             self.service.stop()
         self.monitor.stop()
@@ -186,36 +217,120 @@ class Daemon:
         try:
             # Off the loop: the path may name something slow to read.
             new = await loop.run_in_executor(None, load, old.path)
-            if new.bridge.name != old.bridge.name:
-                raise ConfigError(new.path, "bridge.name",
-                                  f"changed from {old.bridge.name} to {new.bridge.name}: "
-                                  "restart bridged to rename the bridge")
+            check_reload(old, new)
         except ConfigError as e:
             log.error("reload refused, keeping the running configuration: %s", e,
                       extra={"BRIDGED_EVENT": "reload-failed", "CONFIG_FILE": e.path})
             return
+        moves = self.bridge.enslaved_count
+        retrying = self.bridge.rolled_back is not None
+        if retrying:
+            self.bridge.retry()
         try:
             await self._apply(new)
+            await self.bridge.settled()
         except Exception as e:
             log.error("applying %s failed (%s); putting the previous configuration back",
                       new.path, e, exc_info=not isinstance(e, (KernelError, BridgeUnavailable)),
                       extra={"BRIDGED_EVENT": "reload-failed", "CONFIG_FILE": new.path})
-            try:
-                await self._apply(old)
-            except Exception:
-                log.exception("restoring the previous configuration failed",
-                              extra={"BRIDGED_EVENT": "reload-restore-failed"})
+            await self._restore(old)
             return
+        changed = retrying or new.ip != old.ip or new.bridge.uplinks != old.bridge.uplinks \
+            or self.bridge.enslaved_count != moves
+        if changed and not await self._move_verified("reload"):
+            if retrying or (self.rolled_back is not None and self.bridge.rolled_back is not None):
+                await self._roll_back_move()
+            else:
+                why = self._last_probe_failure
+                await self._restore(old)
+                self.rolled_back = f"{why}; running the previous configuration"
+                self._status_changed()
+            return
+        self.rolled_back = None
         log.info("configuration reloaded from %s", new.path,
                  extra={"BRIDGED_EVENT": "reloaded", "CONFIG_FILE": new.path})
+
+    async def _restore(self, old: Config) -> None:
+        try:
+            await self._apply(old)
+            await self.bridge.settled()
+        except Exception:
+            log.exception("restoring the previous configuration failed",
+                          extra={"BRIDGED_EVENT": "reload-restore-failed"})
+
+    # --- verifying an IP move, and rolling it back -------------------------------------
+
+    async def _move_verified(self, after: str) -> bool:
+        """Does the host still reach its gateway through the bridge (neighbour probe)?"""
+        self._last_probe_failure = ""
+        timeout = self.config.ip.probe_timeout
+        bridge = self.bridge.bridge
+        if not self.ip.manages_ip or not timeout or bridge is None:
+            return True
+        gateways = self.ip.gateways()
+        uplinks = self.bridge.enslaved_uplinks()
+        if not gateways or not uplinks:
+            return True  # nothing to reach, or nothing moved onto the bridge
+        if not any(u.operstate in ("UP", "UNKNOWN") for u in uplinks):
+            log.info("not probing the gateway after the %s: %s has no carrier", after,
+                     ", ".join(u.name for u in uplinks),
+                     extra={"INTERFACE": bridge.name, "BRIDGED_EVENT": "probe-skipped"})
+            return True
+        if self.config.bridge.stp:
+            timeout += 2 * self.config.bridge.forward_delay  # listening, then learning
+        answers = await asyncio.gather(*(probe.reachable(self.netlink, bridge.index, gw, timeout)
+                                         for gw in gateways))
+        silent = [str(gw) for gw, answered in zip(gateways, answers, strict=True)
+                  if not answered]
+        if not silent:
+            log.info("gateway %s reachable through %s after the %s",
+                     ", ".join(map(str, gateways)), bridge.name, after,
+                     extra={"INTERFACE": bridge.name, "BRIDGED_EVENT": "probe-ok"})
+            return True
+        self._last_probe_failure = (f"gateway {', '.join(silent)} did not answer through "
+                                    f"{bridge.name} within {timeout:g} s after the {after}")
+        log.error("%s", self._last_probe_failure,
+                  extra={"INTERFACE": bridge.name, "BRIDGED_EVENT": "probe-failed"})
+        return False
+
+    async def _roll_back_move(self) -> None:
+        why = self._last_probe_failure
+        await self.bridge.roll_back(why)
+        self.rolled_back = why
+        log.error("rolled back: the uplinks have their own addresses and routes again and "
+                  "stay off %s until the config is reloaded or 'bridgectl retry'",
+                  self.config.bridge.name,
+                  extra={"BRIDGED_EVENT": "rolled-back", "BRIDGED_STATE": "rolled-back"})
+        self._status_changed()
+
+    def _moved(self) -> None:
+        """Addresses moved onto the bridge after start (an uplink plugged in): verify."""
+        if self._verifying is None or self._verifying.done():
+            self._verifying = asyncio.create_task(self._verify_later())
+
+    async def _verify_later(self) -> None:
+        if self._reloading is not None and not self._reloading.done():
+            return  # the reload verifies what it moved
+        if not await self._move_verified("move"):
+            await self._roll_back_move()
+
+    async def retry(self) -> None:
+        """bridgectl retry: the config file again, uplinks enslaved again, verified."""
+        if self._reloading is not None and not self._reloading.done():
+            await self._reloading
+        self._reloading = asyncio.create_task(self._reload())
+        await self._reloading
 
     async def _apply(self, config: Config) -> None:
         self.config = config
         if self.args.udev_rules:
             udev.write(self.args.udev_rules, config)
         self.taps.config = config.taps
+        for tap in await self.guards.reload(config.taps.guard, list(self.taps.taps.values())):
+            if self.service is not None:
+                self.service.tap_changed(tap)
         self.authorizer.taps, self.authorizer.auth = config.taps, config.auth
-        await self.ip.reload(config.ip, self.bridge.bridge)
+        await self.ip.reload(config.ip, self.bridge.bridge, self.bridge.uplinks())
         await self.bridge.reload(config.bridge)
         await self._apply_dns()
 

@@ -1,4 +1,8 @@
-"""What bridgectl and bridged-helper know about qemu's command line. Pure logic."""
+"""What bridgectl knows about qemu's command line. Pure logic.
+
+helper/bridged-helper.c reads ``-name`` as guest_name() does; tests/test_helper.py holds
+the two equal.
+"""
 
 from __future__ import annotations
 

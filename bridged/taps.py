@@ -1,10 +1,11 @@
 """The tap registry: names, owners, lifetimes, quotas, adoption after a restart.
 
 Ownership lives in the kernel with the device, in its ifalias
-(``bridged:uid=1000:pid=4242:start=…:p=1:q=1:vh=1:label=vm1``), so a daemon killed
-with SIGKILL and started again knows every tap it made, frees those whose client is
-gone (comparing the process start time, so a reused PID does not fool it), and never
-deletes a tap that a live VM still holds.
+(``bridged:uid=1000:pid=4242:start=…:p=1:…:tr=0:mac=525400123456:label=vm1``), so a
+daemon killed with SIGKILL and started again knows every tap it made (and the MAC its
+guards let it send from), frees those whose client is gone (comparing the process start
+time, so a reused PID does not fool it), and never deletes a tap that a live VM still
+holds.
 
 What the registry believes about a tap's existence comes from the link table: a tap
 whose link goes (its last fd closed, deleted by root) leaves the registry; a tap taken
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -28,9 +30,10 @@ from typing import Any
 
 from bridged import api
 from bridged.auth import Authorizer, Caller
-from bridged.bridge import BRIDGE_MARK, BridgeManager
+from bridged.bridge import BridgeManager
 from bridged.config import TapsConfig
 from bridged.errors import (
+    AccessDenied,
     BridgeUnavailable,
     Failed,
     InvalidArgument,
@@ -38,9 +41,11 @@ from bridged.errors import (
     NoSuchTap,
     QuotaExceeded,
 )
+from bridged.guards import Guards
 from bridged.kernel import tun
 from bridged.kernel.linktable import LinkTable
 from bridged.kernel.netlink import KernelError, Link, Netlink, TapSpec
+from bridged.kernel.nft import NftError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,7 @@ NAME_NUMBERS = 10000
 # once per this many names, so restarted numbering never reuses a recent one.
 CURSOR_BLOCK = 32
 TAP_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
 @dataclass
@@ -78,12 +84,16 @@ class Tap:
     vlan: int = 0
     isolated: bool = False
     created_at_us: int = field(default_factory=lambda: time.time_ns() // 1000)
+    trusted: bool = False  # root asked for no guards
+    guarded: bool = False  # not trusted, and taps.guard is on
+    mac: str = ""  # the guest MAC it may send from; "" until known
 
     def alias(self) -> str:
         return (f"{ALIAS_PREFIX}uid={self.owner_uid}:pid={self.client_pid}:"
                 f"start={self.client_start}:p={int(self.persistent)}:q={self.queues}:"
                 f"vh={int(self.vnet_hdr)}:vlan={self.vlan}:iso={int(self.isolated)}:"
-                f"t={self.created_at_us}:label={self.label}")
+                f"t={self.created_at_us}:tr={int(self.trusted)}:"
+                f"mac={self.mac.replace(':', '')}:label={self.label}")
 
 
 def tap_from_alias(link: Link) -> Tap | None:
@@ -103,6 +113,8 @@ def tap_from_alias(link: Link) -> Tap | None:
             persistent=fields["p"] == "1", queues=int(fields["q"]),
             vnet_hdr=fields["vh"] == "1", mtu=link.mtu, vlan=int(fields["vlan"]),
             isolated=fields["iso"] == "1", created_at_us=int(fields["t"]),
+            # Taps from before the guards have neither: not trusted, MAC to be learned.
+            trusted=fields.get("tr") == "1", mac=_mac_from_alias(fields.get("mac", "")),
         )
     except (KeyError, ValueError):
         return None
@@ -111,6 +123,13 @@ def tap_from_alias(link: Link) -> Tap | None:
             and 0 <= tap.created_at_us < 2**64 and tap.client_start >= 0):
         return None
     return tap
+
+
+def _mac_from_alias(text: str) -> str:
+    if len(text) != 12:
+        return ""
+    mac = ":".join(text[i:i + 2] for i in range(0, 12, 2)).lower()
+    return mac if MAC_RE.fullmatch(mac) else ""
 
 
 # --- request options -------------------------------------------------------------------
@@ -127,6 +146,8 @@ class TapRequest:
     isolated: bool = False
     linger: bool = False
     pid: int | None = None
+    mac: str | None = None
+    trusted: bool = False
 
 
 def _label_ok(label: str) -> bool:
@@ -163,6 +184,15 @@ def parse_options(options: dict[str, tuple[str, Any]], persistent: bool) -> TapR
         raise InvalidArgument(f"pid must be a process id (1 to {PID_MAX})")
     if request.linger and request.pid is not None:
         raise InvalidArgument("options 'linger' and 'pid' exclude each other")
+    if request.mac is not None:
+        mac = request.mac.lower()
+        if not MAC_RE.fullmatch(mac):
+            raise InvalidArgument(f"mac {request.mac!r} is not a MAC address "
+                                  "(six hex bytes, e.g. 52:54:00:12:34:56)")
+        if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
+            raise InvalidArgument(f"mac {mac} is not a unicast address: a guest sends "
+                                  "from its own unicast MAC")
+        request = dataclasses.replace(request, mac=mac)
     return request
 
 
@@ -243,8 +273,10 @@ class Reaper:
 
 class TapRegistry:
     def __init__(self, config: TapsConfig, bridge: BridgeManager, authorizer: Authorizer,
-                 netlink: Netlink, reaper: Netlink, links: LinkTable) -> None:
+                 netlink: Netlink, reaper: Netlink, links: LinkTable, guards: Guards) -> None:
         self.config = config
+        self._guards = guards
+        guards.on_learned.append(self._mac_learned)
         self._bridge = bridge
         self._auth = authorizer
         self._netlink = netlink
@@ -266,6 +298,7 @@ class TapRegistry:
         self._attacher: asyncio.Task[None] | None = None
         self.on_added: list[Callable[[Tap], None]] = []
         self.on_removed: list[Callable[[Tap], None]] = []
+        self.on_changed: list[Callable[[Tap], None]] = []  # a property of a tap changed
         self._tasks: set[asyncio.Task[None]] = set()
         bridge.on_bridge_created.append(self._bridge_recreated)
 
@@ -274,11 +307,13 @@ class TapRegistry:
     async def open(self, caller: Caller, request: TapRequest) -> tuple[Tap, list[int]]:
         """OpenTap: a tap that lives as long as the returned fds."""
         await self._auth.check_may_create(caller)
+        self._check_trusted(caller, request)
         return await self._create(caller, request, persistent=False, client_pid=0)
 
     async def create(self, caller: Caller, request: TapRequest) -> Tap:
         """CreateTap: a persistent tap owned by the caller, bound to a process."""
         await self._auth.check_may_create(caller)
+        self._check_trusted(caller, request)
         pid = 0
         if not request.linger:
             pid = request.pid if request.pid is not None else caller.pid
@@ -296,6 +331,13 @@ class TapRegistry:
             raise NoSuchTap(f"no tap {name!r} is managed by bridged")
         self._auth.check_may_change(caller, tap.owner_uid, name)
         await self._delete(tap, f"released by uid {caller.uid}")
+
+    @staticmethod
+    def _check_trusted(caller: Caller, request: TapRequest) -> None:
+        if request.trusted and caller.uid != 0:
+            raise AccessDenied(f"user {caller.user} may not ask for a trusted tap: without "
+                               "guards a VM can send as any host, router or DHCP server on "
+                               "the LAN, so only root may ask for one (omit 'trusted')")
 
     # --- creation ----------------------------------------------------------------------
 
@@ -322,47 +364,67 @@ class TapRegistry:
                       client_pid=client_pid, client_start=client_start,
                       persistent=persistent, queues=request.queues,
                       vnet_hdr=request.vnet_hdr, mtu=request.mtu or 0,
-                      vlan=request.vlan or 0, isolated=request.isolated)
+                      vlan=request.vlan or 0, isolated=request.isolated,
+                      trusted=request.trusted,
+                      guarded=self._guards.enabled and not request.trusted,
+                      mac=request.mac or "")
             spec = TapSpec(name=name, master=bridge.index, mac=random_tap_mac(),
                            alias=tap.alias(), queues=request.queues,
                            vnet_hdr=request.vnet_hdr,
                            persistent_owner=caller.uid if persistent else None,
                            mtu=request.mtu or bridge.mtu, vlan=request.vlan,
-                           isolated=request.isolated)
-            try:
-                link, fds = await self._netlink.create_tap(spec)
-            except KernelError as e:
-                if e.errno in (errno.EEXIST, errno.EBUSY):
-                    raise NameInUse(f"{name} already exists") from None
-                log.error("creating tap %s failed: %s", name, e,
-                          extra={"BRIDGED_TAP": name, "BRIDGED_UID": caller.uid})
-                raise Failed(f"the kernel refused to create {name}: "
-                             f"{os.strerror(e.errno)}") from None
+                           isolated=request.isolated, guard=self._guards.spec(tap))
+            # The guards' table is rebuilt only between creations: this one's guards
+            # must be in what a rebuild writes.
+            async with self._guards.creating():
+                link, fds = await self._create_link(spec, caller)
+                self._reserved.pop(name, None)
+                gone = self._gone_while_creating
+                if not self._reserved:
+                    self._gone_while_creating = set()
+                tap.index = link.index
+                tap.mtu = link.mtu
+                if link.index in gone:
+                    # Deleted by someone in the instant between its creation and now: its
+                    # removal came before it could be registered, so it must not be
+                    # registered at all (its guards go with it).
+                    tun.close_all(fds)
+                    self._guards.track(tap)
+                    self._guards.release_soon(tap)
+                    raise Failed(f"{name} was deleted by another process as it was created")
+                self._register(tap, pidfd)
         except BaseException:
             if pidfd >= 0:
                 os.close(pidfd)
             raise
         finally:
             self._reserved.pop(name, None)
-        gone = self._gone_while_creating
-        if not self._reserved:
-            self._gone_while_creating = set()
-        tap.index = link.index
-        tap.mtu = link.mtu
-        if link.index in gone:
-            # Deleted by someone in the instant between its creation and now: its removal
-            # came before it could be registered, so it must not be registered at all.
-            if pidfd >= 0:
-                os.close(pidfd)
-            tun.close_all(fds)
-            raise Failed(f"{name} was deleted by another process as it was created")
-        self._register(tap, pidfd)
-        log.info("tap %s created for uid %d%s", name, caller.uid,
-                 f" ({request.label})" if request.label else "",
+        guards = ("guarded, guest MAC " + (tap.mac or "to be learned")) if tap.guarded else \
+            "trusted: no guards" if tap.trusted else "no guards (taps.guard = false)"
+        log.info("tap %s created for uid %d%s; %s", name, caller.uid,
+                 f" ({request.label})" if request.label else "", guards,
                  extra={"INTERFACE": name, "BRIDGED_TAP": name, "BRIDGED_UID": caller.uid,
                         "BRIDGED_PID": caller.pid, "BRIDGED_LABEL": request.label,
+                        "BRIDGED_GUARDED": int(tap.guarded), "BRIDGED_GUARD_MAC": tap.mac,
                         "BRIDGED_EVENT": "tap-created" if persistent else "tap-opened"})
         return tap, fds
+
+    async def _create_link(self, spec: TapSpec, caller: Caller) -> tuple[Link, list[int]]:
+        try:
+            return await self._netlink.create_tap(spec)
+        except KernelError as e:
+            if e.errno in (errno.EEXIST, errno.EBUSY):
+                raise NameInUse(f"{spec.name} already exists") from None
+            log.error("creating tap %s failed: %s", spec.name, e,
+                      extra={"BRIDGED_TAP": spec.name, "BRIDGED_UID": caller.uid})
+            raise Failed(f"the kernel refused to create {spec.name}: "
+                         f"{os.strerror(e.errno)}") from None
+        except NftError as e:
+            log.error("guarding tap %s failed: %s", spec.name, e,
+                      extra={"BRIDGED_TAP": spec.name, "BRIDGED_UID": caller.uid,
+                             "BRIDGED_EVENT": "guard-failed"})
+            raise Failed(f"could not put the guards on {spec.name}; see "
+                         "'journalctl -u bridged'") from None
 
     def _check_quota(self, uid: int) -> None:
         in_flight = list(self._reserved.values())
@@ -431,6 +493,7 @@ class TapRegistry:
     def _register(self, tap: Tap, pidfd: int) -> None:
         self.taps[tap.name] = tap
         self._by_index[tap.index] = tap
+        self._guards.track(tap)
         if pidfd >= 0:
             self._pidfds[tap.index] = pidfd
             asyncio.get_running_loop().add_reader(pidfd, self._client_exited, tap.index)
@@ -471,10 +534,12 @@ class TapRegistry:
             await self._reaper.delete(tap.index)
         except KernelError as e:
             if e.errno != errno.ENODEV:
+                # Still there: so are its guards.
                 log.error("deleting tap %s failed: %s", tap.name, e,
                           extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name})
                 return
         _log_removed(tap, why)
+        await self._guards.release(tap)
 
     def link_changed(self, old: Link | None, new: Link | None) -> None:
         """The link table's news about our taps: gone, renamed, taken off the bridge."""
@@ -486,6 +551,7 @@ class TapRegistry:
             if tap is not None and self._forget(tap):
                 _log_removed(tap, "deleted outside bridged" if tap.persistent
                              else "its last file descriptor was closed")
+                self._guards.release_soon(tap)
             return
         tap = self._by_index.get(new.index)
         if tap is None:
@@ -496,8 +562,9 @@ class TapRegistry:
                         extra={"INTERFACE": new.name, "BRIDGED_TAP": new.name,
                                "BRIDGED_EVENT": "tap-renamed"})
             self._forget_keep_pidfd(tap)
-            tap.name = new.name
+            old_name, tap.name = tap.name, new.name
             self._register_again(tap)
+            self._spawn(self._guards.renamed(tap, old_name))
         bridge = self._bridge.index
         if bridge is not None and (new.master != bridge or not new.up):
             if old is not None and old.master == bridge and new.master != bridge:
@@ -577,15 +644,18 @@ class TapRegistry:
         """
         numbers: list[tuple[int, int]] = []
         for link in self._links:
-            alias = link.alias or ""
-            if not alias.startswith(ALIAS_PREFIX) or alias.startswith(BRIDGE_MARK):
-                continue  # not ours, or a bridge's mark (same prefix), not a tap's
+            if link.kind != "tun" or not (link.alias or "").startswith(ALIAS_PREFIX):
+                continue
             tap = tap_from_alias(link)
             if tap is None:
                 log.warning("%s has a bridged ifalias that cannot be read (%r); leaving it "
                             "alone", link.name, link.alias,
                             extra={"INTERFACE": link.name, "BRIDGED_EVENT": "tap-unreadable"})
                 continue
+            tap.guarded = self._guards.enabled and not tap.trusted
+            # Its guards stayed in the kernel while we were away; until it is gone,
+            # they stay, also for a tap freed below.
+            self._guards.track(tap)
             number = link.name[len(self.config.prefix):]
             if link.name.startswith(self.config.prefix) and number.isdigit():
                 numbers.append((tap.created_at_us, int(number)))
@@ -634,6 +704,27 @@ class TapRegistry:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def owns(self, link: Link) -> bool:
+        """Is ``link`` one of bridged's taps (registered, or being created)?"""
+        return link.index in self._by_index or link.name in self._reserved
+
+    def _mac_learned(self, tap: Tap) -> None:
+        """The kernel learned the guest's MAC: written into the ifalias, so a restart
+        after a flushed ruleset still knows it."""
+        if self._by_index.get(tap.index) is not tap:
+            return
+        for listener in self.on_changed:
+            listener(tap)
+        self._spawn(self._save_alias(tap))
+
+    async def _save_alias(self, tap: Tap) -> None:
+        try:
+            await self._netlink.set_link(tap.index, ifalias=tap.alias())
+        except KernelError as e:
+            if e.errno != errno.ENODEV:
+                log.error("cannot record %s's MAC in its ifalias: %s", tap.name, e,
+                          extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name})
 
     def count_for(self, uid: int) -> int:
         return sum(1 for t in self.taps.values() if t.owner_uid == uid)

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.buslab import PrivateBus, ensure_users
-from tests.lab import Daemon, Lab
+from tests.lab import REPO, Daemon, Lab
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -50,6 +53,27 @@ def bus() -> Iterator[PrivateBus]:
         yield bus
     finally:
         bus.close()
+
+
+@pytest.fixture(scope="session")
+def helper_binary() -> Iterator[str]:
+    """bridged-helper built from helper/ with its own Makefile, as the package builds it,
+    into a directory the test users can read (pytest's tmp_path is root's only)."""
+    missing = [tool for tool in ("make", "gcc", "pkg-config") if shutil.which(tool) is None]
+    if not missing and subprocess.run(["pkg-config", "--exists", "libsystemd"]).returncode != 0:
+        missing.append("libsystemd-dev")
+    if missing:
+        pytest.skip(f"cannot build bridged-helper without {', '.join(missing)} "
+                    "(scripts/install-deps)")
+    out = tempfile.mkdtemp(prefix="bridged-helper-")
+    os.chmod(out, 0o755)
+    try:
+        build = subprocess.run(["make", "-f", str(REPO / "helper" / "Makefile"), "-C", out],
+                               capture_output=True, text=True, timeout=120)
+        assert build.returncode == 0, f"bridged-helper does not build:\n{build.stderr}"
+        yield os.path.join(out, "bridged-helper")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 FIGURES: list[str] = []

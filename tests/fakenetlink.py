@@ -139,10 +139,13 @@ class FakeKernel:
         self.routes.pop(index, None)
         self.queue.append(LinkEvent(True, link))
 
-    def add_address(self, index: int, interface: Interface) -> None:
+    def add_address(self, index: int, interface: Interface | Address) -> None:
         if index not in self.links:
             raise KernelError(errno.ENODEV, f"add address to {index}")
-        address = Address(interface, 0 if not interface.is_link_local else 253)
+        if isinstance(interface, Address):
+            address = interface
+        else:
+            address = Address(interface, 0 if not interface.is_link_local else 253)
         if address not in self.addresses[index]:
             self.addresses[index].append(address)
             self.queue.append(AddressEvent(False, index, address))
@@ -257,6 +260,17 @@ class FakeNetlink:
     def close(self) -> None:
         self.closed = True
 
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """A raw socket function (neighbour probes...): the fake kernel has no sockets,
+        and the tests' daemon must never send anything for real."""
+        raise AssertionError(f"{fn.__name__}{args!r} asked of the fake kernel")
+
+    async def run_nft(self, fn: Callable[..., T], *args: Any) -> T:
+        """libnftables: absent here, as on a host without python3-nftables (the tests
+        run with taps.guard = false), so nothing can reach the machine's ruleset."""
+        from bridged.kernel import nft
+        raise nft.NftError("no libnftables in the fake kernel")
+
     # --- links -------------------------------------------------------------------------
 
     async def link(self, name: str | None = None, index: int | None = None) -> Link | None:
@@ -348,7 +362,8 @@ class FakeNetlink:
             return list(self.kernel.addresses[index])
         return await self._request("addresses", (index,), act)
 
-    async def add_address(self, index: int, interface: Interface, nodad: bool = False) -> None:
+    async def add_address(self, index: int, interface: Interface | Address,
+                          nodad: bool = False) -> None:
         await self._request("add_address", (index, interface, nodad),
                             lambda: self.kernel.add_address(index, interface))
 
@@ -366,15 +381,18 @@ class FakeNetlink:
             return list(self.kernel.routes[index])
         return await self._request("routes", (index,), act)
 
-    async def replace_route(self, index: int, route: Route) -> None:
+    async def replace_route(self, index: int, route: Route, *,
+                            instead_of: int | None = None) -> None:
         def act() -> None:
             self._link(index, "replace_route")
+            new = route.via(index, instead_of) if instead_of is not None else \
+                dataclasses.replace(route, oif=index)
             for held in self.kernel.routes.values():
-                for old in [r for r in held if r.destination == route.destination
-                            and r.priority == route.priority]:
+                for old in [r for r in held if r.destination == new.destination
+                            and r.priority == new.priority and r.table == new.table]:
                     held.remove(old)
-            self.kernel.routes[index].append(route)
-        await self._request("replace_route", (index, route), act)
+            self.kernel.routes[index].append(new)
+        await self._request("replace_route", (index, route, instead_of), act)
 
     async def delete_route(self, index: int, route: Route) -> None:
         def act() -> None:

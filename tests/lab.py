@@ -223,7 +223,9 @@ class Daemon:
         cmd = [*self.wrap, "ip", "netns", "exec", self.lab.host.name, sys.executable,
                "-m", "bridged", "--config", self.config_path, *self.extra_args]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
+            # cwd: "python -m" puts the working directory first on sys.path, ahead of
+            # PYTHONPATH; run from this checkout so that its bridged is the one started.
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, cwd=REPO)
         if wait_ready:
             self.wait_ready()
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Callable
 
@@ -75,6 +76,29 @@ mode = "migrate"
     v6 = {r["dst"]: r for r in lab.host.routes("-6")}
     assert v6["2001:db8:1::/64"]["dev"] == "br0"
     assert lab.lan.ping(HOST_V4) and lab.host.ping(LAN_V4) and lab.lan.ping(HOST_V6)
+
+
+def test_migrate_keeps_lifetimes_and_route_attributes(lab: Lab, daemon_factory: DaemonFactory):
+    # What a DHCP client leaves on eth0: a leased address and routes with attributes.
+    lab.host.ip("addr", "add", f"{HOST_V4}/24", "dev", "eth0", "valid_lft", "300",
+                "preferred_lft", "200")
+    lab.host.ip("route", "add", "default", "via", LAN_V4, "dev", "eth0", "metric", "100")
+    lab.host.ip("route", "add", "203.0.113.0/24", "via", LAN_V4, "dev", "eth0", "mtu", "1400",
+                "advmss", "1300", "src", HOST_V4, "onlink")
+    daemon_factory('[bridge]\nuplinks = ["eth0"]\n[ip]\nmode = "migrate"\n').start()
+    assert enslaved(lab)
+    [address] = [a for a in json.loads(lab.host.ip("-j", "addr", "show", "dev", "br0").stdout)
+                 [0]["addr_info"] if a["family"] == "inet"]
+    assert address["local"] == HOST_V4
+    assert 280 <= address["valid_life_time"] <= 300, "a lease keeps running out, not frozen"
+    assert 180 <= address["preferred_life_time"] <= 200
+    routes = {r["dst"]: r for r in lab.host.routes()}
+    assert routes["default"]["dev"] == "br0" and routes["default"]["metric"] == 100
+    moved = routes["203.0.113.0/24"]
+    assert moved["dev"] == "br0" and moved["prefsrc"] == HOST_V4 and "onlink" in moved["flags"]
+    assert moved["metrics"] == [{"mtu": 1400, "advmss": 1300}]
+    assert lab.host.addresses("eth0") == set()
+    assert lab.lan.ping(HOST_V4) and lab.host.ping(LAN_V4)
 
 
 def test_mode_none_leaves_ip_alone(lab: Lab, daemon_factory: DaemonFactory):
@@ -160,14 +184,49 @@ def test_bridge_port_notifications_are_not_new_links(lab: Lab, daemon_factory: D
     assert "appeared" not in daemon.log()
 
 
-def test_existing_bridge_is_adopted(lab: Lab, daemon_factory: DaemonFactory):
+def test_a_bridge_another_tool_made_is_refused(lab: Lab, daemon_factory: DaemonFactory):
+    lab.classic_host_config()
+    lab.host.ip("link", "add", "br0", "type", "bridge", "stp_state", "1")
+    daemon = daemon_factory(SEED).start(wait_ready=False)
+    assert daemon.proc is not None and daemon.proc.wait(15) == 69
+    assert "bridge br0 exists and bridged did not make it" in daemon.log()
+    assert "bridge.adopt = true" in daemon.log()
+    # Nothing touched: the other tool's bridge as it was, eth0 with its address.
+    assert lab.host.link("br0")["linkinfo"]["info_data"]["stp_state"] == 1
+    assert lab.host.link("eth0").get("master") is None
+    assert f"{HOST_V4}/24" in lab.host.addresses("eth0")
+
+
+def test_existing_bridge_is_adopted_when_asked(lab: Lab, daemon_factory: DaemonFactory):
     lab.host.ip("link", "add", "br0", "type", "bridge", "stp_state", "1")
     index = lab.host.link("br0")["ifindex"]
-    daemon = daemon_factory(SEED).start()
+    daemon = daemon_factory(SEED.replace('mac = "uplink"', 'mac = "uplink"\nadopt = true'))
+    daemon.start()
     br0 = lab.host.link("br0")
     assert br0["ifindex"] == index
     assert br0["linkinfo"]["info_data"]["stp_state"] == 0
-    assert "bridge br0 adopted" in daemon.log()
+    assert "bridge br0 adopted (bridge.adopt = true)" in daemon.log()
+    assert br0["ifalias"].startswith("bridged:bridge"), "marked as bridged's from now on"
+
+
+def test_foreign_port_is_named_and_left_alone(lab: Lab, daemon_factory: DaemonFactory):
+    daemon = daemon_factory(SEED).start()
+    lab.host.ip("tuntap", "add", "dev", "tap0", "mode", "tap")  # root's own, not bridged's
+    lab.host.ip("link", "set", "tap0", "master", "br0")
+    wait_for(lambda: "tap0 joined br0 but is neither an uplink nor a bridged tap"
+             in daemon.log(), what="foreign port logged")
+    assert lab.host.link("tap0")["master"] == "br0"
+
+
+def test_address_reappearing_on_the_enslaved_uplink_is_removed(lab: Lab,
+                                                               daemon_factory: DaemonFactory):
+    lab.classic_host_config()
+    daemon = daemon_factory(SEED).start()
+    # What NetworkManager's profile or a DHCP client on eth0 does after a flap.
+    lab.host.ip("addr", "add", f"{HOST_V4}/24", "dev", "eth0")
+    wait_for(lambda: lab.host.addresses("eth0") == set(), what="address removed again")
+    assert "appeared on eth0, which is enslaved to br0; removing it" in daemon.log()
+    assert lab.host.ping(LAN_V4) and lab.lan.ping(HOST_V4)
 
 
 def test_bridge_name_taken_by_another_device(lab: Lab, daemon_factory: DaemonFactory):

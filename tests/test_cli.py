@@ -17,6 +17,7 @@ import pytest
 from tests.buslab import MEMBER, OTHER, PrivateBus, kill_client
 from tests.lab import HOST_V4, Daemon, Lab, wait_for
 from tests.test_bridge import SEED
+from tests.test_dbus import uid
 
 pytestmark = pytest.mark.root
 
@@ -47,6 +48,7 @@ def test_status_shows_bridge_uplink_and_taps(lab: Lab, bus: PrivateBus, daemon: 
     [tap] = status["taps"]
     assert tap["name"] == "tap0" and tap["owner"] == MEMBER and tap["label"] == "web"
     assert tap["persistent"] and tap["client_pid"] == 0 and tap["queues"] == 1
+    assert tap["guarded"] is True and tap["mac"] == ""  # learned from its first frame
     # The same, for people: --json before the command works too.
     assert json.loads(ok(bus.bridgectl("--json", "status")))["taps"][0]["name"] == "tap0"
     text = ok(bus.bridgectl("status"))
@@ -54,6 +56,7 @@ def test_status_shows_bridge_uplink_and_taps(lab: Lab, bus: PrivateBus, daemon: 
     assert "Uplinks: eth0 (enslaved); configured: eth0" in text
     row = next(line for line in text.splitlines() if line.startswith("tap0"))
     assert row.split()[:3] == ["tap0", MEMBER, "web"] and "linger" in row
+    assert row.split()[-3:-1] == ["on", "learning"], row
 
 
 def test_create_list_release_as_member_and_refusals(lab: Lab, bus: PrivateBus, daemon: Daemon):
@@ -115,6 +118,10 @@ def test_run_execs_the_command_with_tap_fds(lab: Lab, bus: PrivateBus, daemon: D
     assert tap["ifname"] == "tap0" and tap["tap"] and tap["vnet_hdr"]
     assert out["netdev"] == f"tap,id=bridged0,fd={tap['fd']}"
     assert out["device"].startswith("virtio-net-pci,netdev=bridged0,mac=52:54:00:")
+    # The guards know the guest's MAC from the start: bridgectl passed it.
+    guest_mac = out["device"].split("mac=")[1].split(",")[0]
+    assert f"tap tap0 created for uid {uid(MEMBER)} (vm7); guarded, guest MAC {guest_mac}" \
+        in daemon.log()
     # The same VM gets the same MAC next time; another VM another one.
     again = json.loads(ok(bus.bridgectl("run", "--label", "vm7", "-q", "--", sys.executable,
                                         probe, user=MEMBER)))
@@ -199,7 +206,8 @@ def test_errors_when_daemon_is_absent(bus: PrivateBus):
     assert nobus.returncode == 69 and "cannot connect" in nobus.stderr
 
 
-@pytest.mark.parametrize("command", ["status", "list", "create", "release", "monitor", "run"])
+@pytest.mark.parametrize("command", ["status", "list", "create", "release", "monitor", "run",
+                                     "retry"])
 def test_every_subcommand_has_help(bus: PrivateBus, command: str):
     result = bus.bridgectl(command, "--help")
     assert result.returncode == 0 and result.stdout.startswith(f"usage: bridgectl {command}")

@@ -1,4 +1,4 @@
-"""Pure logic of what bridgectl run and bridged-helper put on qemu's command line."""
+"""Pure logic of what bridgectl run puts on qemu's command line and reads from it."""
 
 from bridged import qemu
 

@@ -35,9 +35,12 @@ from tests.fakenetlink import FakeKernel, FakeMonitor, FakeNetlink
 
 HOST = "198.51.100.2/24"
 GATEWAY = "198.51.100.1"
+# No guards (nftables) and no probe of the gateway after the move (neighbour requests):
+# both would go to the machine's own kernel, not the fake one.
 CONFIG = {
     "bridge": {"name": "br0", "uplinks": ["eth0"]},
-    "ip": {"mode": "static", "addresses": [HOST], "gateway": GATEWAY},
+    "ip": {"mode": "static", "addresses": [HOST], "gateway": GATEWAY, "probe_timeout": 0},
+    "taps": {"guard": False},
 }
 ROOT = Caller(uid=0, pid=os.getpid(), gids=frozenset())
 LINGER = TapRequest(linger=True)
@@ -160,7 +163,7 @@ def plain_host() -> FakeKernel:
                       perm_address="52:54:00:12:34:56")
     kernel.add_address(eth0.index, ipaddress.ip_interface(HOST))
     kernel.routes[eth0.index].append(Route(ipaddress.ip_network("0.0.0.0/0"),
-                                           ipaddress.ip_address(GATEWAY)))
+                                           ipaddress.ip_address(GATEWAY), oif=eth0.index))
     kernel.queue.clear()
     return kernel
 

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
+import json
 import socket
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from bridged.kernel.link import Route
-from bridged.kernel.rtnl import NLMSGHDR, RTM_GETLINK, RTM_NEWLINK, RtnlSocket, decode_link
-from tests.lab import Lab
+from bridged.kernel import rtnl
+from bridged.kernel.link import INFINITY_LIFE_TIME, Route
+from bridged.kernel.netlink import KernelError, Netlink
+from bridged.kernel.rtnl import (
+    NLMSGHDR,
+    RTM_GETLINK,
+    RTM_NEWLINK,
+    DumpInterrupted,
+    NetlinkError,
+    RtnlSocket,
+    decode_link,
+)
+from tests.lab import HOST_V4, HOST_V6, LAN_V4, LAN_V6, Lab, NetNS
 
 pytestmark = pytest.mark.root
 
@@ -86,3 +100,234 @@ def test_requests_change_the_kernel_and_report_errors(lab: Lab):
     assert details["stp_state"] == 0 and details["forward_delay"] == 300
     assert lab.host.link("vt0")["linkinfo"]["info_slave_data"]["isolated"] is True
     assert "203.0.113.0/24" in {r["dst"] for r in lab.host.routes("-4")}
+
+
+def test_failed_dumps_raise_instead_of_returning_nothing(lab: Lab):
+    with lab.host.entered():
+        sock = RtnlSocket()
+        try:
+            # Strict checking refuses filters it cannot apply: NLMSG_DONE carries the
+            # errno and the kernel's words.
+            with pytest.raises(NetlinkError) as refused:
+                sock.dump(rtnl.RTM_GETADDR, rtnl.IFADDRMSG.pack(socket.AF_INET, 8, 0, 0, 0))
+            assert refused.value.errno == errno.EINVAL
+            assert refused.value.ext_ack == \
+                "ipv4: Invalid values in header for address dump request"
+            with pytest.raises(NetlinkError) as refused:
+                sock.dump(RTM_GETLINK, rtnl.IFINFOMSG.pack(0, 0, 1, 0, 0))
+            assert "Filter by device index not supported" in (refused.value.ext_ack or "")
+            # A dump the kernel cannot start at all: NLMSG_ERROR in place of the dump.
+            with pytest.raises(NetlinkError) as refused:
+                sock.dump(99, bytes(16))
+            assert refused.value.errno == errno.EOPNOTSUPP
+            # The socket goes on answering correctly afterwards.
+            assert {link.name for link in sock.dump_links()} == set(lab.host.links())
+        finally:
+            sock.close()
+
+
+def test_refusals_carry_the_kernels_reason(lab: Lab):
+    lab.host.ip("link", "add", "br0", "type", "bridge")
+    with lab.host.entered():
+        sock = RtnlSocket()
+        lane = Netlink("test-lane")  # its thread starts here, in the namespace
+        try:
+            with pytest.raises(NetlinkError) as refused:
+                sock.create_bridge("a-name-far-too-long", stp=False, forward_delay_cs=0)
+            # The name is the first attribute, right after the headers (16 + 16 bytes).
+            assert (refused.value.errno, refused.value.ext_ack, refused.value.ext_ack_offset) \
+                == (errno.ERANGE, "Attribute failed policy validation", 32)
+            br0 = socket.if_nametoindex("br0")
+            with pytest.raises(NetlinkError) as refused:
+                sock.set_link(br0, master=br0)
+            assert refused.value.ext_ack == "Can not enslave a bridge to a bridge"
+            assert str(refused.value).endswith(": Can not enslave a bridge to a bridge")
+            unreachable = Route(ipaddress.ip_network("203.0.113.0/24"),
+                                ipaddress.ip_address("192.0.2.99"))
+            with pytest.raises(KernelError) as wrapped:
+                asyncio.run(lane.replace_route(br0, unreachable))
+            assert wrapped.value.errno == errno.ENETUNREACH
+            assert wrapped.value.reason == "Nexthop has invalid gateway"
+            assert "(Nexthop has invalid gateway)" in str(wrapped.value)
+        finally:
+            lane.close()
+            sock.close()
+
+
+class DisturbedSocket:
+    """A real netlink socket; after the first datagram of each of the first ``times``
+    requests, ``change`` runs, as another program changing links mid-dump would."""
+
+    def __init__(self, change: Callable[[], None], times: int) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                   socket.NETLINK_ROUTE)
+        self._change = change
+        self._times = times
+        self._fresh = False
+        self.requests = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def send(self, data: bytes) -> int:
+        self.requests += 1
+        self._fresh = True
+        return self._sock.send(data)
+
+    def recvmsg(self, size: int) -> Any:
+        reply = self._sock.recvmsg(size)
+        if self._fresh and self.requests <= self._times:
+            self._fresh = False
+            self._change()
+        return reply
+
+
+def test_inconsistent_dump_is_taken_again(lab: Lab):
+    # Enough links that a dump takes several datagrams (about 2 KB a link, 32 KB each).
+    for i in range(24):
+        lab.host.ip("link", "add", f"va{i}", "type", "veth", "peer", "name", f"vb{i}")
+    added = []
+
+    def add_link() -> None:
+        added.append(f"vx{len(added)}")
+        lab.host.ip("link", "add", added[-1], "type", "veth", "peer", "name", f"vy{len(added)}")
+
+    with lab.host.entered():
+        disturbed = DisturbedSocket(add_link, times=1)
+        sock = RtnlSocket(disturbed)  # type: ignore[arg-type]
+        try:
+            links = sock.dump_links()
+        finally:
+            sock.close()
+        assert disturbed.requests == 2, "the kernel did not mark the dump inconsistent"
+        assert sorted(link.name for link in links) == sorted(lab.host.links())
+        assert len(links) == len({link.index for link in links})
+
+        disturbed = DisturbedSocket(add_link, times=rtnl.DUMP_ATTEMPTS)
+        sock = RtnlSocket(disturbed)  # type: ignore[arg-type]
+        try:
+            with pytest.raises(DumpInterrupted) as gave_up:
+                sock.dump_links()
+        finally:
+            sock.close()
+        assert disturbed.requests == rtnl.DUMP_ATTEMPTS
+        assert gave_up.value.errno == errno.EAGAIN
+
+
+def test_sequence_numbers_wrap_and_stale_replies_are_skipped(lab: Lab):
+    with lab.host.entered():
+        sock = RtnlSocket()
+        try:
+            sock._seq = 0xFFFFFFFE
+            # A dump nobody reads (seq 2**32-1): its replies arrive before the next ones.
+            sock._send(RTM_GETLINK, rtnl.NLM_F_DUMP, rtnl.IFINFOMSG.pack(0, 0, 0, 0, 0))
+            with pytest.raises(NetlinkError) as missing:  # seq 1: 0 is skipped
+                sock.set_link(999999, up=True)
+            assert missing.value.errno == errno.ENODEV
+            assert sorted(link.name for link in sock.dump_links()) == sorted(lab.host.links())
+            assert sock._seq == 2
+        finally:
+            sock.close()
+
+
+def _routes_through(ns: NetNS, name: str) -> list[dict[str, Any]]:
+    """iproute2's view of the main-table routes through ``name`` that are not the
+    kernel's own, with ``name`` spelt "DEV" so that two interfaces' views compare."""
+    found = []
+    for family in ("-4", "-6"):
+        for route in ns.routes(family, "-d"):
+            hops = route.get("nexthops", [])
+            if route.get("protocol") == "kernel" or \
+                    name not in [route.get("dev")] + [hop["dev"] for hop in hops]:
+                continue
+            found.append(json.loads(json.dumps(route).replace(f'"{name}"', '"DEV"')))
+    return sorted(found, key=lambda r: json.dumps(r, sort_keys=True))
+
+
+def test_routes_move_to_another_interface_as_they_were(lab: Lab):
+    lab.classic_host_config()  # addresses and the default route on eth0
+    host = lab.host
+    host.ip("link", "add", "br0", "type", "bridge")
+    host.ip("link", "set", "br0", "up")
+    host.ip("link", "set", "eth0", "master", "br0")  # the bridge gets the uplink's carrier
+    host.ip("addr", "add", f"{HOST_V4}/24", "dev", "br0")
+    host.ip("addr", "add", f"{HOST_V6}/64", "dev", "br0", "nodad")
+    host.ip("link", "add", "vt0", "type", "veth", "peer", "name", "vt1")
+    host.ip("link", "set", "vt0", "up")
+    host.ip("link", "set", "vt1", "up")
+    host.ip("route", "add", "203.0.113.0/24", "via", LAN_V4, "dev", "eth0",
+            "mtu", "1400", "advmss", "1300", "onlink")
+    host.ip("route", "add", "192.0.2.0/25", "dev", "eth0", "src", HOST_V4, "metric", "50")
+    host.ip("route", "add", "203.0.113.128/25", "via", LAN_V4, "dev", "eth0", "tos", "0x10")
+    host.ip("route", "add", "192.0.2.128/25", "nexthop", "via", LAN_V4, "dev", "eth0",
+            "weight", "2", "nexthop", "via", "198.51.100.254", "dev", "vt0", "onlink")
+    host.ip("-6", "route", "add", "2001:db8:5::/48", "via", LAN_V6, "dev", "eth0",
+            "metric", "512", "pref", "high", "mtu", "1300")
+    host.ip("-6", "route", "add", "2001:db8:6::/48", "nexthop", "via", "fe80::1", "dev",
+            "eth0", "nexthop", "via", "fe80::2", "dev", "vt0")
+    host.ip("-6", "route", "add", "2001:db8:7::/48", "via", LAN_V6, "dev", "eth0",
+            "expires", "300")
+    before = _routes_through(host, "eth0")
+    assert len(before) == 8
+    with host.entered():
+        sock = RtnlSocket()
+        try:
+            eth0, br0 = socket.if_nametoindex("eth0"), socket.if_nametoindex("br0")
+            moving = [r for r in sock.routes(eth0) if r.protocol != 2]  # not RTPROT_KERNEL
+            assert len(moving) == 8 and sum(bool(r.multipath) for r in moving) == 2
+            for route in moving:
+                sock.route(br0, route, replace=True, instead_of=eth0)
+            # Re-created with the same key (destination, metric, table), each replaced
+            # its original in place; what might be left through eth0 is deleted.
+            for route in sock.routes(eth0):
+                if route.protocol != 2:
+                    sock.route(eth0, route, replace=False)
+        finally:
+            sock.close()
+    after = _routes_through(host, "br0")
+    assert _routes_through(host, "eth0") == []
+    expiring = [(a.pop("expires"), b.pop("expires")) for a, b in zip(after, before, strict=True)
+                if "expires" in b]
+    assert after == before, "a moved route lost or changed something"
+    assert len(expiring) == 1 and abs(expiring[0][0] - expiring[0][1]) <= 5
+
+
+def test_dynamic_addresses_keep_their_lifetimes_when_moved(lab: Lab):
+    host = lab.host
+    host.ip("addr", "add", "198.51.100.50/24", "dev", "eth0", "valid_lft", "300",
+            "preferred_lft", "200")
+    host.ip("addr", "add", "198.51.100.60/24", "dev", "eth0", "noprefixroute")
+    host.ip("-6", "addr", "add", "2001:db8::50/64", "dev", "eth0", "valid_lft", "600",
+            "preferred_lft", "400", "nodad")
+    host.ip("link", "add", "br0", "type", "bridge")
+    host.ip("link", "set", "br0", "up")
+    with host.entered():
+        sock = RtnlSocket()
+        lane = Netlink("test-lane")
+        try:
+            eth0, br0 = socket.if_nametoindex("eth0"), socket.if_nametoindex("br0")
+            moving = [a for a in sock.addresses(eth0) if a.is_global]
+            leased = {str(a.interface): a for a in moving if not a.is_permanent}
+            assert set(leased) == {"198.51.100.50/24", "2001:db8::50/64"}
+            assert 195 <= leased["198.51.100.50/24"].preferred_lft <= 200
+            assert 295 <= leased["198.51.100.50/24"].valid_lft <= 300
+
+            async def move() -> None:
+                for address in moving:
+                    await lane.add_address(br0, address, nodad=True)
+                    await lane.delete_address(eth0, address.interface)
+
+            asyncio.run(move())
+        finally:
+            lane.close()
+            sock.close()
+    shown = json.loads(host.ip("-j", "addr", "show", "dev", "br0").stdout)[0]["addr_info"]
+    on_bridge = {f"{a['local']}/{a['prefixlen']}": a for a in shown if a["scope"] == "global"}
+    assert set(on_bridge) == {"198.51.100.50/24", "198.51.100.60/24", "2001:db8::50/64"}
+    v4, v6 = on_bridge["198.51.100.50/24"], on_bridge["2001:db8::50/64"]
+    assert 290 <= v4["valid_life_time"] <= 300 and 190 <= v4["preferred_life_time"] <= 200
+    assert 590 <= v6["valid_life_time"] <= 600 and 390 <= v6["preferred_life_time"] <= 400
+    assert v4.get("dynamic") and v6.get("dynamic") and not v6.get("tentative")
+    static = on_bridge["198.51.100.60/24"]
+    assert static.get("noprefixroute") and static["valid_life_time"] == INFINITY_LIFE_TIME
+    assert host.addresses("eth0") == set()

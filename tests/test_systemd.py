@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bridged import __version__
 from tests.buslab import MEMBER, OTHER, ensure_users
 from tests.lab import HOST_V4, LAN_V4, REPO, Lab, wait_for
 from tests.syslab import SystemdContainer
@@ -43,7 +44,9 @@ MANAGER = ("org.bridged.Bridged1", "/org/bridged/Bridged1", "org.bridged.Bridged
 def deb() -> Path:
     subprocess.run([str(REPO / "scripts" / "build-deb")], check=True, capture_output=True,
                    timeout=600)
-    [package] = (REPO / "dist").glob("bridged_*_all.deb")
+    arch = subprocess.run(["dpkg", "--print-architecture"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    [package] = (REPO / "dist").glob(f"bridged_*_{arch}.deb")
     return package
 
 
@@ -88,6 +91,9 @@ def test_installed_files_and_unit_checks(system: tuple[SystemdContainer, Lab],
                  "/etc/bridged/bridged.toml", "/usr/share/man/man8/bridged.8.gz",
                  "/usr/share/man/man1/bridgectl.1.gz", "/usr/share/man/man5/bridged.toml.5.gz"):
         assert path in files, path
+    # bridged-helper is C: the package's shared-library dependencies let it run.
+    version = c.run("/usr/libexec/bridged-helper", "--version").stdout
+    assert version == f"bridged-helper {__version__}\n"
     # sysusers made the daemon's user and the tap group; the service is not enabled yet.
     assert c.run("getent", "passwd", "_bridged").returncode == 0
     assert c.run("getent", "group", "bridged").returncode == 0
@@ -150,6 +156,13 @@ def test_bus_users_and_journal(system: tuple[SystemdContainer, Lab]):
     assert {"uplink-enslaved", "ready", "tap-created"} <= events
     enslaved = next(e for e in entries if e.get("BRIDGED_EVENT") == "uplink-enslaved")
     assert enslaved["INTERFACE"] == "eth0" and enslaved["_SYSTEMD_UNIT"] == "bridged.service"
+    # The sandboxed daemon guards the taps through libnftables, and hears nf_tables and
+    # nfnetlink_log (AF_NETLINK), without a warning.
+    assert all(t["guarded"] for t in listed)
+    assert "guards-ready" in events
+    assert not events & {"guard-log-unavailable", "guard-watch-unavailable", "guard-failed"}
+    guarded = c.run("nft", "list", "set", "bridge", "bridged", "guarded").stdout
+    assert '"tap0"' in guarded and '"tap1"' in guarded, guarded
 
 
 def test_reload_rereads_the_config(system: tuple[SystemdContainer, Lab]):

@@ -10,7 +10,6 @@ has exited its tap and the tap's D-Bus object are gone.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -69,15 +68,17 @@ def test_guest_via_bridgectl_run(lab: Lab, bus: PrivateBus, daemon: Daemon, imag
     assert any(line.startswith("bridgectl: tap0 on the bridge for e2e-run") for line in run.lines)
     assert_all_gone(lab, bus)
     assert "tap0 removed" in daemon.log()
+    # The guards were on from the first frame, with the MAC bridgectl gave the guest,
+    # and a guest that is itself lost nothing to them.
+    assert "(e2e-run); guarded, guest MAC 52:54:00:" in daemon.log()
+    wait_for(lambda: "tap tap0: guards removed; nothing dropped" in daemon.log(),
+             what="guards removed with the tap")
 
 
 def test_guest_via_qemu_bridge_helper_protocol(lab: Lab, bus: PrivateBus, daemon: Daemon,
-                                               image: GuestImage):
-    helper = os.path.join(bus.dir, "bridged-helper")
-    with open(helper, "w") as f:
-        f.write(f"#!/bin/sh\nexec {sys.executable} -m bridged.helper \"$@\"\n")
-    os.chmod(helper, 0o755)
-    netdev = ["-netdev", f"bridge,id=n0,br=br0,helper={helper}",
+                                               image: GuestImage, helper_binary: str):
+    # The real bridged-helper, built from helper/ as the package builds it; qemu runs it.
+    netdev = ["-netdev", f"bridge,id=n0,br=br0,helper={helper_binary}",
               "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:03",
               "-name", "e2e-helper"]
     command = bus.user_command(MEMBER, *qemu_command(image), *netdev)
@@ -85,6 +86,8 @@ def test_guest_via_qemu_bridge_helper_protocol(lab: Lab, bus: PrivateBus, daemon
     assert_guest_ok(run)
     assert_all_gone(lab, bus)
     assert "(e2e-helper)" in daemon.log()  # the label came from qemu -name
+    # No MAC given through the helper protocol: the guest's first one is learned.
+    assert "guest MAC 52:54:00:00:00:03 learned" in daemon.log()
 
     # Outside group bridged: qemu stops at once with our reason, and no tap is made.
     refused = subprocess.run(in_host(lab, *bus.user_command(OTHER, *qemu_command(image),

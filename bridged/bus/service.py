@@ -58,11 +58,14 @@ Handler = Callable[[Message, Caller], Awaitable[tuple[str, list[Any], list[int]]
 
 class BusService:
     def __init__(self, address: str | None, bridge: BridgeManager, taps: TapRegistry,
-                 state: Callable[[], str]) -> None:
+                 state: Callable[[], str], retry: Callable[[], Awaitable[None]],
+                 status_text: Callable[[], str]) -> None:
         self._address = address
         self._bridge = bridge
         self._taps = taps
         self._state = state
+        self._status_text = status_text
+        self._retry = retry
         self.bus: MessageBus | None = None
         self._credentials: OrderedDict[str, Caller] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -73,6 +76,7 @@ class BusService:
             (api.MANAGER, "OpenTap"): self._open_tap,
             (api.MANAGER, "CreateTap"): self._create_tap,
             (api.MANAGER, "ReleaseTap"): self._release_tap,
+            (api.MANAGER, "Retry"): self._retry_move,
             (api.TAP, "Release"): self._release_this_tap,
         }
 
@@ -289,6 +293,13 @@ class BusService:
         await self._taps.release(caller, msg.body[0])
         return "", [], []
 
+    async def _retry_move(self, msg: Message, caller: Caller) -> tuple[str, list[Any], list[int]]:
+        if caller.uid != 0:
+            raise AccessDenied("only root may retry the IP move (it changes the host's "
+                               "network): run 'bridgectl retry' as root")
+        await self._retry()
+        return "", [], []
+
     async def _release_this_tap(self, msg: Message,
                                 caller: Caller) -> tuple[str, list[Any], list[int]]:
         name = self._paths.get(msg.path or "")
@@ -311,6 +322,7 @@ class BusService:
             "State": ("s", self._state),
             "Bridge": ("o", lambda: api.bridge_path(self._bridge.config.name)),
             "TapCount": ("u", lambda: len(self._taps.taps)),
+            "StatusText": ("s", self._status_text),
         }
 
     def _bridge_properties(self) -> dict[str, tuple[str, Callable[[], Any]]]:
@@ -329,6 +341,7 @@ class BusService:
             "OperState": ("s", link(lambda b: b.operstate.lower(), "absent")),
             "Uplinks": ("as", lambda: [p.text for p in config.uplinks]),
             "Ports": ("as", lambda: [p.name for p in bridge.ports()]),
+            "ForeignPorts": ("as", lambda: [p.name for p in bridge.foreign_ports()]),
             "Addresses": ("as", lambda: sorted(str(a.interface) for a in bridge.addresses
                                                if a.is_global)),
         }
@@ -343,6 +356,7 @@ class BusService:
             "VnetHdr": ("b", lambda: tap.vnet_hdr), "MTU": ("u", lambda: tap.mtu),
             "VLAN": ("q", lambda: tap.vlan), "Isolated": ("b", lambda: tap.isolated),
             "CreatedAt": ("t", lambda: tap.created_at_us),
+            "Guarded": ("b", lambda: tap.guarded), "MAC": ("s", lambda: tap.mac),
         }
 
     def _properties_at(self, path: str,
@@ -406,6 +420,15 @@ class BusService:
         self._signal(api.ROOT_PATH, spec.MANAGER, "TapRemoved", [path, tap.name])
         self._signal(api.ROOT_PATH, spec.OBJECT_MANAGER, "InterfacesRemoved", [path, [api.TAP]])
         self.properties_changed()
+
+    def tap_changed(self, tap: Tap, names: tuple[str, ...] = ("Guarded", "MAC")) -> None:
+        """Some of a tap's properties changed (its MAC learned, guards switched)."""
+        path = api.tap_path(tap.name)
+        if self._paths.get(path) != tap.name:
+            return
+        props = self._tap_properties(tap)
+        self._signal(path, spec.PROPERTIES, "PropertiesChanged",
+                     [api.TAP, {n: Variant(props[n][0], props[n][1]()) for n in names}, []])
 
     def uplink_changed(self, ifname: str, state: str) -> None:
         self._signal(api.bridge_path(self._bridge.config.name), spec.BRIDGE, "UplinkChanged",

@@ -96,9 +96,10 @@ MANAGER = Interface(
         Method("CreateTap", (Arg("options", "a{sv}"),), (Arg("tap", "o"), Arg("ifname", "s"))),
         Method("ReleaseTap", (Arg("ifname", "s"),)),
         Method("ListTaps", (), (Arg("taps", "ao"),)),
+        Method("Retry"),
     ),
     properties=(Property("Version", "s"), Property("State", "s"), Property("Bridge", "o"),
-                Property("TapCount", "u")),
+                Property("TapCount", "u"), Property("StatusText", "s")),
     signals=(Signal("TapAdded", (Arg("tap", "o"), Arg("ifname", "s"))),
              Signal("TapRemoved", (Arg("tap", "o"), Arg("ifname", "s")))),
 )
@@ -108,7 +109,7 @@ BRIDGE = Interface(
     properties=(Property("Name", "s"), Property("Index", "i"), Property("MACAddress", "s"),
                 Property("MTU", "u"), Property("STP", "b"), Property("ForwardDelay", "u"),
                 Property("OperState", "s"), Property("Uplinks", "as"), Property("Ports", "as"),
-                Property("Addresses", "as")),
+                Property("ForeignPorts", "as"), Property("Addresses", "as")),
     signals=(Signal("UplinkChanged", (Arg("ifname", "s"), Arg("state", "s"))),),
 )
 
@@ -118,7 +119,8 @@ TAP = Interface(
     properties=(Property("Name", "s"), Property("Index", "i"), Property("OwnerUID", "u"),
                 Property("Label", "s"), Property("ClientPID", "u"), Property("Persistent", "b"),
                 Property("Queues", "u"), Property("VnetHdr", "b"), Property("MTU", "u"),
-                Property("VLAN", "q"), Property("Isolated", "b"), Property("CreatedAt", "t")),
+                Property("VLAN", "q"), Property("Isolated", "b"), Property("CreatedAt", "t"),
+                Property("Guarded", "b"), Property("MAC", "s")),
 )
 
 # The standard interfaces bridged serves itself (Peer is left to the library).

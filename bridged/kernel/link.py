@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 RT_SCOPE_UNIVERSE = 0
 RTPROT_BOOT = 3  # what `ip route add` uses
+RT_TABLE_MAIN = 254
+RTN_UNICAST = 1
+RTNH_F_ONLINK = 0x4
+INFINITY_LIFE_TIME = 0xFFFFFFFF  # an address lifetime that never runs out ("forever")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -26,22 +32,92 @@ class Link:
 
 @dataclass(frozen=True)
 class Address:
+    """An address as the kernel reported it.
+
+    Equal addresses are the same address on the link (interface and scope): flags and
+    lifetimes change while it lives (a DHCP renewal, the end of duplicate detection),
+    so they are carried but not compared.
+    """
+
     interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface
     scope: int
+    flags: int = field(default=0, compare=False)  # IFA_F_*: IFA_FLAGS, else ifa_flags
+    # Seconds left, as the kernel counted when it answered (IFA_CACHEINFO).
+    preferred_lft: int = field(default=INFINITY_LIFE_TIME, compare=False)
+    valid_lft: int = field(default=INFINITY_LIFE_TIME, compare=False)
+    broadcast: ipaddress.IPv4Address | None = field(default=None, compare=False)
+    metric: int | None = field(default=None, compare=False)  # IFA_RT_PRIORITY
 
     @property
     def is_global(self) -> bool:
         return self.scope == RT_SCOPE_UNIVERSE
 
+    @property
+    def is_permanent(self) -> bool:
+        """No lifetime: configured, not leased (DHCP) or autoconfigured (SLAAC)."""
+        return self.valid_lft == INFINITY_LIFE_TIME
+
+
+@dataclass(frozen=True)
+class NextHop:
+    """One hop of a multipath route (struct rtnexthop and its attributes)."""
+
+    index: int  # the interface it leaves through
+    gateway: IPAddress | None = None
+    weight: int = 1  # rtnh_hops + 1, as `ip route` shows it
+    flags: int = 0  # RTNH_F_*: onlink, and what the kernel sets (dead, linkdown)
+    extra: bytes = b""  # the hop's other attributes (realms, encapsulation), raw
+
+    @property
+    def onlink(self) -> bool:
+        return bool(self.flags & RTNH_F_ONLINK)
+
 
 @dataclass(frozen=True)
 class Route:
+    """A route. The first five fields are what a configured route needs; the rest is
+    what the kernel reported, kept so that the route can be re-created through another
+    interface as it was (``via``).
+
+    Equal routes agree on everything but ``expires``, which counts down.
+    """
+
     destination: ipaddress.IPv4Network | ipaddress.IPv6Network
-    gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    gateway: IPAddress | None  # an IPv6 gateway of an IPv4 route is RTA_VIA
     priority: int | None = None
     protocol: int = RTPROT_BOOT
     scope: int = RT_SCOPE_UNIVERSE
+    oif: int | None = None  # RTA_OIF; None for a multipath route (see multipath)
+    table: int = RT_TABLE_MAIN
+    type: int = RTN_UNICAST
+    tos: int = 0
+    flags: int = 0  # rtm_flags: RTNH_F_ONLINK, and what the kernel sets
+    prefsrc: IPAddress | None = None
+    metrics: bytes = b""  # RTA_METRICS payload (RTAX_MTU, RTAX_ADVMSS...), raw
+    multipath: tuple[NextHop, ...] = ()
+    pref: int | None = None  # RTA_PREF, an IPv6 router's preference
+    source: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None  # RTA_SRC
+    expires: int | None = field(default=None, compare=False)  # seconds left (IPv6)
 
     @property
     def is_default(self) -> bool:
         return self.destination.prefixlen == 0
+
+    @property
+    def onlink(self) -> bool:
+        return bool(self.flags & RTNH_F_ONLINK)
+
+    @property
+    def interfaces(self) -> tuple[int, ...]:
+        """Every interface the route leaves through."""
+        hops = tuple(hop.index for hop in self.multipath)
+        return hops if self.oif is None else (self.oif, *hops)
+
+    def leaves_via(self, index: int) -> bool:
+        return index in self.interfaces
+
+    def via(self, new: int, old: int) -> Route:
+        """This route through interface ``new`` wherever it went through ``old``."""
+        hops = tuple(replace(hop, index=new) if hop.index == old else hop
+                     for hop in self.multipath)
+        return replace(self, oif=new if self.oif == old else self.oif, multipath=hops)

@@ -10,6 +10,8 @@ never delays a create on another.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import errno as errnos
 import fcntl
 import ipaddress
@@ -22,12 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from bridged.kernel import tun
+from bridged.kernel import nft, tun
 from bridged.kernel.link import Address, Link, Route
-from bridged.kernel.rtnl import AF_BRIDGE, RtnlSocket
+from bridged.kernel.rtnl import AF_BRIDGE, DecodeError, RtnlSocket
 
-__all__ = ["AF_BRIDGE", "RTPROT_KERNEL", "Address", "KernelError", "Link", "Netlink", "Route",
-           "TapSpec"]
+__all__ = ["AF_BRIDGE", "RTPROT_KERNEL", "Address", "GuardSpec", "KernelError", "Link",
+           "Netlink", "Route", "TapSpec"]
 
 T = TypeVar("T")
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -38,12 +40,15 @@ USER_HZ = 100
 
 
 class KernelError(Exception):
-    """A netlink or ioctl request the kernel refused; ``errno`` says why."""
+    """A netlink or ioctl request the kernel refused; ``errno`` says why, and
+    ``reason`` in the kernel's own words when it gave them (netlink extended ack)."""
 
-    def __init__(self, errno: int, what: str) -> None:
+    def __init__(self, errno: int, what: str, reason: str | None = None) -> None:
         self.errno = errno
         self.what = what
-        super().__init__(f"{what}: {_strerror(errno)}")
+        self.reason = reason
+        text = f"{what}: {_strerror(errno)}"
+        super().__init__(f"{text} ({reason})" if reason else text)
 
 
 def _strerror(errno: int) -> str:
@@ -51,6 +56,14 @@ def _strerror(errno: int) -> str:
         return os.strerror(errno)
     except ValueError:
         return f"errno {errno}"
+
+
+@dataclass(frozen=True)
+class GuardSpec:
+    """Guards to put on a tap before it goes up (see ``nft``)."""
+
+    log_group: int
+    mac: str | None = None  # None: the first MAC the guest uses
 
 
 @dataclass(frozen=True)
@@ -65,13 +78,26 @@ class TapSpec:
     mtu: int | None = None
     vlan: int | None = None
     isolated: bool = False
+    guard: GuardSpec | None = None
+
+
+PR_SET_NAME = 15
+
+
+def _name_thread(name: str) -> None:
+    """Give the lane's thread a kernel-visible name (15 bytes at most): nf_tables names
+    the task that commits a transaction, which tells bridged's own changes from others'."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 class Netlink:
     """A netlink request lane: one thread, one socket, async methods."""
 
     def __init__(self, name: str = "netlink") -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=name,
+                                            initializer=_name_thread,
+                                            initargs=(f"{nft.OWN_TASK_PREFIX}{name}",))
         self._local = threading.local()
 
     def _socket(self) -> RtnlSocket:
@@ -85,11 +111,19 @@ class Netlink:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._call, fn, args)
 
+    async def run_nft(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(nft_context, *args)`` on this lane's thread (libnftables blocks)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, _call_nft, fn, args)
+
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        what = f"{fn.__name__.lstrip('_')}{args!r}"
         try:
             return fn(self._socket(), *args)
-        except OSError as e:  # netlink errors, tun ioctls, if_nametoindex
-            raise KernelError(e.errno or 0, f"{fn.__name__.lstrip('_')}{args!r}") from None
+        except OSError as e:  # netlink errors (NetlinkError), tun ioctls, if_nametoindex
+            raise KernelError(e.errno or 0, what, getattr(e, "reason", None)) from None
+        except DecodeError as e:  # a reply that does not parse: never a crash of the lane
+            raise KernelError(errnos.EBADMSG, what, str(e)) from None
 
     def close(self) -> None:
         def close_socket() -> None:
@@ -142,7 +176,11 @@ class Netlink:
     async def addresses(self, index: int) -> list[Address]:
         return await self.run(RtnlSocket.addresses, index)
 
-    async def add_address(self, index: int, interface: Interface, nodad: bool = False) -> None:
+    async def add_address(self, index: int, interface: Interface | Address,
+                          nodad: bool = False) -> None:
+        """Add an address. Given an ``Address`` (as read from another link), its flags,
+        remaining lifetimes, broadcast and metric come with it: a leased address stays
+        leased instead of becoming permanent."""
         await self.run(_add_address, index, interface, nodad)
 
     async def delete_address(self, index: int, interface: Interface) -> None:
@@ -151,14 +189,22 @@ class Netlink:
     async def routes(self, index: int) -> list[Route]:
         return await self.run(RtnlSocket.routes, index)
 
-    async def replace_route(self, index: int, route: Route) -> None:
-        await self.run(_replace_route, index, route)
+    async def replace_route(self, index: int, route: Route, *,
+                            instead_of: int | None = None) -> None:
+        """Add or change ``route`` via ``index``. With ``instead_of``, a route read from
+        that interface (``routes(instead_of)``) is re-created via ``index`` as it was:
+        its hops through ``instead_of`` go through ``index``, the rest is kept."""
+        await self.run(_replace_route, index, route, instead_of)
 
     async def delete_route(self, index: int, route: Route) -> None:
         await self.run(_delete_route, index, route)
 
 
 # The functions below run on a lane's thread with that thread's socket.
+
+
+def _call_nft(fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    return fn(nft.context(), *args)
 
 
 def _get_link(sock: RtnlSocket, name: str | None, index: int | None) -> Link | None:
@@ -222,7 +268,12 @@ def _create_tap(sock: RtnlSocket, spec: TapSpec) -> tuple[Link, list[int]]:
         if spec.persistent_owner is not None:
             tun.make_persistent(fds[0], spec.persistent_owner)
         index = socket.if_nametoindex(spec.name)
+        guarded = False
         try:
+            if spec.guard is not None:
+                # Before the tap is up: its first frame already meets the guards.
+                nft.guard_port(nft.context(), spec.guard.log_group, spec.name, spec.guard.mac)
+                guarded = True
             sock.set_link(index, address=spec.mac, alias=spec.alias, master=spec.master,
                           mtu=spec.mtu, up=True)
             if spec.isolated:
@@ -237,6 +288,10 @@ def _create_tap(sock: RtnlSocket, spec: TapSpec) -> tuple[Link, list[int]]:
         except BaseException:
             if spec.persistent_owner is not None:
                 fcntl.ioctl(fds[0], tun.TUNSETPERSIST, 0)
+            if guarded:
+                with contextlib.suppress(nft.NftError):
+                    nft.unguard_port(nft.context(), spec.name,
+                                     spec.guard.mac if spec.guard else None)
             raise
     except BaseException:
         tun.close_all(fds)
@@ -247,9 +302,18 @@ def _create_tap(sock: RtnlSocket, spec: TapSpec) -> tuple[Link, list[int]]:
     return link, fds
 
 
-def _add_address(sock: RtnlSocket, index: int, interface: Interface, nodad: bool) -> None:
+def _add_address(sock: RtnlSocket, index: int, interface: Interface | Address,
+                 nodad: bool) -> None:
     try:
-        sock.address(index, interface, add=True, nodad=nodad and interface.version == 6)
+        if isinstance(interface, Address):
+            address = interface
+            sock.address(index, address.interface, add=True,
+                         nodad=nodad and address.interface.version == 6, flags=address.flags,
+                         scope=address.scope, preferred_lft=address.preferred_lft,
+                         valid_lft=address.valid_lft, broadcast=address.broadcast,
+                         metric=address.metric)
+        else:
+            sock.address(index, interface, add=True, nodad=nodad and interface.version == 6)
     except OSError as e:
         if e.errno != errnos.EEXIST:  # already there, which is what we want
             raise
@@ -263,8 +327,8 @@ def _delete_address(sock: RtnlSocket, index: int, interface: Interface) -> None:
             raise
 
 
-def _replace_route(sock: RtnlSocket, index: int, route: Route) -> None:
-    sock.route(index, route, replace=True)
+def _replace_route(sock: RtnlSocket, index: int, route: Route, instead_of: int | None) -> None:
+    sock.route(index, route, replace=True, instead_of=instead_of)
 
 
 def _delete_route(sock: RtnlSocket, index: int, route: Route) -> None:

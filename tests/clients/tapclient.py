@@ -1,9 +1,11 @@
 """A VM launcher stand-in, run as an unprivileged user: it asks bridged for a tap over
 D-Bus and uses the fd it gets, as qemu would.
 
-usage: tapclient.py ADDRESS open OPTIONS_JSON [--arp MY_IP PEER_IP] [--hold SECONDS]
+usage: tapclient.py ADDRESS open OPTIONS_JSON [--arp MY_IP PEER_IP] [--hold SECONDS | --stdin]
        tapclient.py ADDRESS create-exec OPTIONS_JSON -- PROGRAM ARGS...
-Prints one JSON line with what happened.
+Prints one JSON line with what happened. With --stdin it then writes the frames it reads
+from stdin into the tap (one hex string a line; "ok" after each) until end of file, as
+a guest would send them.
 """
 
 import asyncio
@@ -18,7 +20,8 @@ from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 SIGS = {"name": "s", "label": "s", "queues": "u", "vnet_hdr": "b", "mtu": "u",
-        "vlan": "q", "isolated": "b", "linger": "b", "pid": "u", "bogus": "s"}
+        "vlan": "q", "isolated": "b", "linger": "b", "pid": "u", "bogus": "s",
+        "mac": "s", "trusted": "b"}
 
 
 def variants(options):
@@ -71,6 +74,11 @@ async def main():
         print(json.dumps(result), flush=True)
         if "--hold" in rest:
             time.sleep(float(rest[rest.index("--hold") + 1]))
+        if "--stdin" in rest:
+            for line in sys.stdin:
+                if line.strip():
+                    os.write(fds[0], bytes.fromhex(line.strip()))
+                    print("ok", flush=True)
         for fd in fds:
             os.close(fd)
     elif command == "create-exec":

@@ -1,0 +1,325 @@
+"""Tap guards: which taps are guarded, what they learned, what they dropped.
+
+The kernel does the work: ``kernel/nft.py`` keeps one nftables table (family bridge)
+whose rules drop, before the bridge learns or forwards anything, a guarded tap's
+frames from any source MAC but its guest's, VLAN-tagged frames, ARP naming another
+sender MAC, IPv6 router advertisements and redirects (and ICMPv4 redirects), and
+DHCPv4/DHCPv6 server replies. No frame ever reaches Python.
+
+This module decides and keeps track:
+- a tap is guarded unless it is ``trusted`` or ``taps.guard`` is false; its guards are
+  in the kernel before the tap is up (the lane that creates the tap adds them) and go
+  only once the tap's link is gone;
+- the table is the daemon's: on start, after events were lost, and whenever another
+  program changed it (``nft flush ruleset``), it is rebuilt from what the daemon knows,
+  atomically, keeping the MACs the kernel learned and the drop counters;
+- the kernel reports a tap's first MAC and samples of dropped frames (rate-limited in
+  the kernel) through nfnetlink_log; the journal gets one line per tap and reason per
+  minute at most, and a summary when the tap goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from bridged.kernel import nft
+from bridged.kernel.netlink import GuardSpec, Netlink
+from bridged.kernel.nfevents import LogSample, NetfilterMonitor
+
+if TYPE_CHECKING:
+    from bridged.taps import Tap
+
+log = logging.getLogger(__name__)
+
+# nfnetlink_log group the table's rules send their samples to ("bg").
+LOG_GROUP = 0x6267
+# At most one journal line per tap and reason within this many seconds.
+LOG_EVERY_S = 60.0
+REASON_TEXT = {
+    1: "frames from a source MAC other than the guest's",
+    2: "VLAN-tagged frames",
+    3: "ARP naming another sender MAC",
+    4: "router advertisements or redirects",
+    5: "DHCPv4 server replies (UDP from port 67)",
+    6: "DHCPv6 server replies (UDP from port 547)",
+}
+
+
+class GuardsUnavailable(Exception):
+    """The guards are asked for but libnftables cannot be used."""
+
+
+class Guards:
+    def __init__(self, netlink: Netlink, release_lane: Netlink, enabled: bool) -> None:
+        # Guards go in on the lane that creates taps (before a tap is up), and so do
+        # rebuilds. Removal reads the drop counters, which costs libnftables a read of
+        # every set after a change (about 60 ms at 1000 taps): on the lane that deletes
+        # links, so creations do not wait for it. ``creating`` keeps rebuilds apart.
+        self._netlink = netlink
+        self._release_lane = release_lane
+        self.enabled = enabled
+        self.available = False
+        self._taps: dict[int, Tap] = {}  # index -> guarded tap whose link exists
+        self._monitor: NetfilterMonitor | None = None
+        self._cond = asyncio.Condition()
+        self._creating = 0
+        self._rebuilding = False
+        self._rebuild_wanted = False
+        self._rebuilder: asyncio.Task[None] | None = None
+        self._last_logged: dict[tuple[int, int], float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.on_learned: list[Callable[[Tap], None]] = []
+
+    # --- start and stop ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check libnftables, listen to netfilter, and make the table match the taps
+        adopted so far (their guards stayed in the kernel while the daemon was down)."""
+        try:
+            await self._netlink.run_nft(lambda _ctx: None)
+            self.available = True
+        except nft.NftError as e:
+            if self.enabled or self._taps:
+                raise GuardsUnavailable(
+                    f"taps.guard = true needs libnftables: {e}; install python3-nftables "
+                    "or set taps.guard = false") from None
+            return
+        self._monitor = NetfilterMonitor(nft.TABLE, LOG_GROUP, self._foreign_change,
+                                         self._sample, self._events_lost)
+        try:
+            self._monitor.start()
+        except OSError as e:
+            log.warning("cannot watch nf_tables for changes to the guards' table: %s", e,
+                        extra={"BRIDGED_EVENT": "guard-watch-unavailable"})
+            self._monitor = None
+        await self._rebuild()
+
+    def stop(self) -> None:
+        if self._monitor is not None:
+            self._monitor.stop()
+        if self._rebuilder is not None:
+            self._rebuilder.cancel()
+
+    async def reload(self, enabled: bool, taps: list[Tap]) -> list[Tap]:
+        """``taps.guard`` changed: guard or unguard every tap that is not trusted.
+        Returns the taps whose Guarded property changed."""
+        if enabled and not self.available:
+            raise GuardsUnavailable("taps.guard = true needs libnftables (python3-nftables)")
+        self.enabled = enabled
+        changed = []
+        for tap in taps:
+            want = enabled and not tap.trusted
+            if tap.guarded != want:
+                tap.guarded = want
+                changed.append(tap)
+                if want:
+                    self._taps[tap.index] = tap
+                else:
+                    self._taps.pop(tap.index, None)
+        if self.available and (changed or not self._taps):
+            await self._rebuild()
+        return changed
+
+    # --- taps --------------------------------------------------------------------------
+
+    def spec(self, tap: Tap) -> GuardSpec | None:
+        """What the lane that creates ``tap`` must put in place before it is up."""
+        if not tap.guarded:
+            return None
+        return GuardSpec(LOG_GROUP, tap.mac or None)
+
+    @contextlib.asynccontextmanager
+    async def creating(self) -> AsyncIterator[None]:
+        """Around a tap's creation and registration, and any change of one port: a
+        rebuild waits for them (it writes the whole table from the taps it knows)."""
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._rebuilding)
+            self._creating += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._creating -= 1
+                self._cond.notify_all()
+
+    def track(self, tap: Tap) -> None:
+        """``tap`` exists and is guarded (created so, or adopted)."""
+        if tap.guarded:
+            self._taps[tap.index] = tap
+
+    async def release(self, tap: Tap) -> None:
+        """The tap's link is gone: its guards go, with a summary of what they did."""
+        if self._taps.get(tap.index) is not tap or not self.available:
+            return
+        # A sample of the tap's first frame may still wait in our socket.
+        if self._monitor is not None:
+            self._monitor.drain()
+        del self._taps[tap.index]
+        mac_known = self._monitor is not None and self._monitor.samples
+        for key in [k for k in self._last_logged if k[0] == tap.index]:
+            del self._last_logged[key]
+        try:
+            async with self.creating():
+                dropped = await self._release_lane.run_nft(nft.unguard_port, tap.name,
+                                                           tap.mac or None, mac_known)
+        except nft.NftError as e:
+            # The table does not hold what we think: write it again from what we know.
+            log.warning("removing the guards of %s: %s; rebuilding the guards' table",
+                        tap.name, e, extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
+                                            "BRIDGED_EVENT": "guard-rebuild"})
+            self.rebuild_soon()
+            return
+        total = sum(packets for packets, _ in dropped.values())
+        detail = ", ".join(f"{nft.REASONS[r]} {p}" for r, (p, _) in sorted(dropped.items())
+                           if p)
+        log.info("tap %s: guards removed; %s", tap.name,
+                 f"they dropped {total} frames ({detail})" if total else "nothing dropped",
+                 extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
+                        "BRIDGED_UID": tap.owner_uid, "BRIDGED_EVENT": "guard-removed",
+                        "BRIDGED_GUARD_DROPPED": total})
+
+    def release_soon(self, tap: Tap) -> None:
+        self._spawn(self.release(tap))
+
+    async def renamed(self, tap: Tap, old_name: str) -> None:
+        """Someone renamed a guarded tap: its guards follow (they are keyed by name)."""
+        if self._taps.get(tap.index) is not tap or not self.available:
+            return
+        try:
+            async with self.creating():
+                await self._netlink.run_nft(nft.rename_port, old_name, tap.name,
+                                            tap.mac or None)
+        except nft.NftError as e:
+            log.warning("moving the guards of %s to its new name: %s; rebuilding the "
+                        "guards' table", tap.name, e,
+                        extra={"INTERFACE": tap.name, "BRIDGED_EVENT": "guard-rebuild"})
+            self.rebuild_soon()
+
+    # --- keeping the table -----------------------------------------------------------------
+
+    def rebuild_soon(self) -> None:
+        """Rebuild the table (once, however often asked while one is under way)."""
+        self._rebuild_wanted = True
+        if self._rebuilder is None or self._rebuilder.done():
+            self._rebuilder = asyncio.get_running_loop().create_task(self._rebuild_while_wanted())
+
+    async def _rebuild_while_wanted(self) -> None:
+        while self._rebuild_wanted:
+            self._rebuild_wanted = False
+            try:
+                await self._rebuild()
+            except Exception:
+                log.exception("rebuilding the guards' table failed",
+                              extra={"BRIDGED_EVENT": "guard-rebuild-failed"})
+                # Not left unguarded: try again, but do not spin.
+                asyncio.get_running_loop().call_later(1.0, self.rebuild_soon)
+                return
+
+    async def _rebuild(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._rebuilding)
+            self._rebuilding = True
+            await self._cond.wait_for(lambda: self._creating == 0)
+        try:
+            by_name = {tap.name: tap for tap in self._taps.values()}
+            ports = [nft.Port(name, tap.mac or None) for name, tap in by_name.items()]
+            learned = await self._netlink.run_nft(nft.reconcile, LOG_GROUP, ports,
+                                                  self.enabled)
+        finally:
+            async with self._cond:
+                self._rebuilding = False
+                self._cond.notify_all()
+        log.info("guards' table in place: %d guarded taps", len(ports),
+                 extra={"BRIDGED_EVENT": "guards-ready"})
+        for name, mac in learned.items():
+            tap = by_name.get(name)
+            if tap is not None and not tap.mac:
+                self._learned(tap, mac)
+
+    def _foreign_change(self) -> None:
+        log.warning("another program changed the guards' nftables table (e.g. 'nft flush "
+                    "ruleset'); putting it back", extra={"BRIDGED_EVENT": "guard-tampered"})
+        self.rebuild_soon()
+
+    def _events_lost(self) -> None:
+        self.rebuild_soon()
+
+    # --- what the kernel reports -------------------------------------------------------------
+
+    def _sample(self, sample: LogSample) -> None:
+        tap = self._taps.get(sample.index)
+        if tap is None:
+            return
+        if sample.prefix == nft.LEARN_PREFIX:
+            if sample.mac is None:
+                return
+            if not tap.mac:
+                self._learned(tap, sample.mac)
+            elif sample.mac != tap.mac:
+                # Two first frames at the same instant on two queues: the kernel took
+                # both. Keep the one we heard of first.
+                self._spawn(self._forget_mac(tap, sample.mac))
+            return
+        if not sample.prefix.startswith(nft.DROP_PREFIX):
+            return
+        try:
+            reason = int(sample.prefix[len(nft.DROP_PREFIX):])
+        except ValueError:
+            return
+        now = time.monotonic()
+        key = (tap.index, reason)
+        last = self._last_logged.get(key)
+        if last is not None and now - last < LOG_EVERY_S:
+            return
+        self._last_logged[key] = now
+        if last is None:
+            self._log_drop(tap, reason, sample.mac, None)
+        else:
+            self._spawn(self._log_drop_count(tap, reason, sample.mac))
+
+    async def _log_drop_count(self, tap: Tap, reason: int, mac: str | None) -> None:
+        dropped = await self._netlink.run_nft(nft.read_dropped, tap.name)
+        self._log_drop(tap, reason, mac, dropped.get(reason, (0, 0))[0])
+
+    @staticmethod
+    def _log_drop(tap: Tap, reason: int, mac: str | None, count: int | None) -> None:
+        what = REASON_TEXT.get(reason, f"frames (reason {reason})")
+        source = f" from {mac}" if mac else ""
+        if count is None:
+            text = "first drop; more are counted, not logged one by one"
+        else:
+            text = f"{count} dropped so far"
+        log.warning("tap %s%s: guards dropped %s%s (%s)", tap.name,
+                    f" ({tap.label})" if tap.label else "", what, source, text,
+                    extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
+                           "BRIDGED_UID": tap.owner_uid, "BRIDGED_LABEL": tap.label,
+                           "BRIDGED_EVENT": "guard-drop",
+                           "BRIDGED_GUARD_REASON": nft.REASONS.get(reason, str(reason)),
+                           "BRIDGED_GUARD_MAC": mac or "",
+                           "BRIDGED_GUARD_DROPPED": count if count is not None else 1})
+
+    def _learned(self, tap: Tap, mac: str) -> None:
+        tap.mac = mac
+        log.info("tap %s: guest MAC %s learned; the tap sends only from it", tap.name, mac,
+                 extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
+                        "BRIDGED_EVENT": "guard-learned", "BRIDGED_GUARD_MAC": mac})
+        for listener in self.on_learned:
+            listener(tap)
+
+    async def _forget_mac(self, tap: Tap, mac: str) -> None:
+        async with self.creating():
+            await self._netlink.run_nft(nft.forget_mac, tap.name, mac)
+        log.warning("tap %s: a second MAC %s slipped in with the first; removed", tap.name,
+                    mac, extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
+                                "BRIDGED_EVENT": "guard-learned-twice"})
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        # The loop keeps only weak references to tasks: hold them until done.
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,55 @@
+"""Guards' logic without root: options, the ifalias record, the nft script."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridged.errors import InvalidArgument
+from bridged.kernel import nft
+from bridged.kernel.link import Link
+from bridged.taps import Tap, parse_options, tap_from_alias
+
+
+def link(alias: str) -> Link:
+    return Link(index=7, name="tap3", kind="tun", master=None, up=True, operstate="UP",
+                address="fe:00:00:00:00:01", perm_address=None, alias=alias, mtu=1500)
+
+
+def test_alias_keeps_trusted_and_the_guest_mac():
+    tap = Tap(name="tap3", index=7, owner_uid=1000, label="vm:1", trusted=True,
+              mac="52:54:00:12:34:56", mtu=1500)
+    back = tap_from_alias(link(tap.alias()))
+    assert back is not None
+    assert back.trusted and back.mac == "52:54:00:12:34:56" and back.label == "vm:1"
+
+
+def test_alias_from_before_the_guards_is_still_read():
+    old = "bridged:uid=1000:pid=0:start=0:p=1:q=1:vh=1:vlan=0:iso=0:t=5:label=web"
+    back = tap_from_alias(link(old))
+    assert back is not None and not back.trusted and back.mac == "" and back.label == "web"
+
+
+def test_mac_option_is_normalised_and_checked():
+    assert parse_options({"mac": ("s", "52:54:00:AB:CD:EF")}, False).mac == "52:54:00:ab:cd:ef"
+    for bad in ("52:54:00:ab:cd", "52-54-00-ab-cd-ef", "03:00:00:00:00:01",
+                "00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff"):
+        with pytest.raises(InvalidArgument):
+            parse_options({"mac": ("s", bad)}, False)
+    with pytest.raises(InvalidArgument, match="type 'b'"):
+        parse_options({"trusted": ("s", "yes")}, False)
+
+
+def test_table_script_guards_every_reason_and_holds_ports():
+    script = nft.table_text(4242, [nft.Port("tap0", "52:54:00:12:34:56", {1: (3, 180)}),
+                                   nft.Port("tap1")])
+    assert 'elements = { "tap0", "tap1" }' in script
+    assert '"tap0" . 52:54:00:12:34:56' in script and '"tap1" :' not in script
+    assert '"tap0" . 1 counter packets 3 bytes 180' in script
+    for reason in nft.REASONS:
+        assert f"goto drop_{reason}" in script and f'prefix "bridged:drop:{reason}"' in script
+    assert "hook prerouting" in script and "ether type { 8021q, 8021ad }" in script
+
+
+def test_names_that_are_not_tap_names_never_reach_nft():
+    with pytest.raises(nft.NftError):
+        nft.table_text(1, [nft.Port('tap0" } ; flush ruleset ; {')])
