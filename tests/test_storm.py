@@ -9,8 +9,9 @@ private bus, real unprivileged clients.
   live client holds is lost. BRIDGED_STORM_RESTARTS sets the number of restarts (30 by
   default, within CI time), BRIDGED_STORM_SEED the random seed.
 - Taps closed while a restarted daemon dumps the links (made long by 800 other links):
-  the race of issue 11's ghost taps, on the real kernel.
-- Uplink flaps of every kind with taps attached: each one recovers, the taps stay on.
+  the race of issue 11's ghost taps, on the real kernel (BRIDGED_DUMP_RACE_ROUNDS).
+- Uplink flaps of every kind with taps attached: each one recovers, the taps stay on
+  (BRIDGED_FLAPS, 100 by default).
 """
 
 from __future__ import annotations
