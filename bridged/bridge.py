@@ -152,7 +152,7 @@ class BridgeManager:
         self._match_uplinks()
         await self._ensure_bridge()
         for link in self.uplinks():
-            await self._adopt_uplink(link.index)
+            await self._adopt_uplink_or_log(link.index)
         self._update_state()
         self._worker = asyncio.create_task(self._reconcile_forever(), name="reconciler")
 
@@ -386,13 +386,16 @@ class BridgeManager:
                     and self.rolled_back is None:
                 await self.ip.clear_uplink(self.bridge, link)
         while self._pending_uplinks:
-            index = self._pending_uplinks.pop()
-            try:
-                await self._adopt_uplink(index)
-            except KernelError as e:
-                # Typically the link vanished mid-way (hotplug); its events say what next.
-                log.warning("adopting uplink %d failed: %s", index, e,
-                            extra={"BRIDGED_EVENT": "uplink-failed"})
+            await self._adopt_uplink_or_log(self._pending_uplinks.pop())
+
+    async def _adopt_uplink_or_log(self, index: int) -> None:
+        """One uplink's trouble is not the bridge's: at start as in the reconciler."""
+        try:
+            await self._adopt_uplink(index)
+        except KernelError as e:
+            # Typically the link vanished mid-way (hotplug); its events say what next.
+            log.warning("adopting uplink %d failed: %s", index, e,
+                        extra={"BRIDGED_EVENT": "uplink-failed"})
 
     def _desired_mtu(self) -> int:
         """The bridge's MTU, always set explicitly: the kernel otherwise gives a bridge the
@@ -471,6 +474,10 @@ class BridgeManager:
             await self.ip.undo_before_enslave(bridge, added)
             if e.errno == errno.ENODEV:
                 return  # unplugged while we worked: not a failure to remember
+            if await self._netlink.link(index=bridge.index) is None:
+                # The bridge went meanwhile (a master that is gone is EINVAL): its
+                # recreation enslaves the uplinks again; nothing failed.
+                return
             self._failed_uplinks[index] = link.master
             log.error("cannot enslave %s to %s: %s", link.name, bridge.name, e,
                       extra={"INTERFACE": link.name, "BRIDGED_EVENT": "uplink-failed"})

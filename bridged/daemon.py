@@ -158,6 +158,11 @@ class Daemon:
             return EX_UNAVAILABLE
         self.taps.start()
         if self.service is not None:
+            self.taps.on_added.append(self.service.tap_added)
+            self.taps.on_removed.append(self.service.tap_removed)
+            self.taps.on_changed.append(self.service.tap_changed)
+            self.bridge.on_change.append(self.service.properties_changed)
+            self.bridge.on_uplink_changed.append(self.service.uplink_changed)
             try:
                 await self.service.serve()
             except (OSError, NameTaken, DBusError) as e:
@@ -165,11 +170,6 @@ class Daemon:
                           extra={"BRIDGED_EVENT": "start-failed"})
                 return EX_UNAVAILABLE
             self._bus_watch = asyncio.create_task(self._watch_bus())
-            self.taps.on_added.append(self.service.tap_added)
-            self.taps.on_removed.append(self.service.tap_removed)
-            self.taps.on_changed.append(self.service.tap_changed)
-            self.bridge.on_change.append(self.service.properties_changed)
-            self.bridge.on_uplink_changed.append(self.service.uplink_changed)
         if self.claims is not None:
             # The adopted taps too; then each uplink that gets enslaved.
             await self.claims.claim(self._claimed_names())

@@ -14,6 +14,7 @@ move is kept too, so that a rollback gives it back exactly.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import ipaddress
 import logging
 import time
@@ -135,7 +136,12 @@ class IPManager:
         pending = [u for u in uplinks if u.master != bridge.index]
         held: set[IPInterface] = set()
         for uplink in pending:
-            held |= {a.interface for a in (await self._remember(uplink)).addresses}
+            try:
+                held |= {a.interface for a in (await self._remember(uplink)).addresses}
+            except KernelError as e:
+                if e.errno != errno.ENODEV:
+                    raise
+                # Unplugged since it was listed: it holds nothing; its events say what next.
         for address in self._addresses_to_add():
             await self._netlink.add_address(bridge.index, address,
                                             nodad=_interface(address) in held)

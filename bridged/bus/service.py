@@ -92,11 +92,15 @@ class BusService:
         compat.install(self.bus)
 
     async def serve(self) -> None:
-        """Answer calls and take the bus name: the daemon is now reachable."""
+        """Answer calls and take the bus name: the daemon is now reachable.
+
+        The daemon subscribes tap_added/tap_removed before calling this: the objects are
+        taken from the registry here, before the await, and the subscription keeps them
+        true during it (a tap gone meanwhile must not stay an object nothing backs).
+        """
         assert self.bus is not None
         self.bus.add_message_handler(self._on_message)
-        for tap in self._taps.taps.values():
-            self._paths[api.tap_path(tap.name)] = tap.name
+        self._paths = {api.tap_path(name): name for name in self._taps.taps}
         self._sent = {api.MANAGER: self._manager_values(), api.BRIDGE: self._bridge_values()}
         reply = await self.bus.request_name(api.BUS_NAME)
         if reply.value not in (1, 4):  # PRIMARY_OWNER, ALREADY_OWNER

@@ -37,6 +37,10 @@ class LinkTable:
         self._held: list[LinkEvent] | None = []  # events before the first dump are held
         self._listeners: list[LinkListener] = []
         self._resync: asyncio.Task[None] | None = None
+        self._lost = False  # events lost since the last resync's dump was asked for
+        # One dump at a time: a second one running beside the first could return after
+        # it with a snapshot older than the events applied in between.
+        self._syncing = asyncio.Lock()
 
     # --- reading ---------------------------------------------------------------------
 
@@ -73,6 +77,10 @@ class LinkTable:
 
     async def sync(self) -> None:
         """Replace the picture with a dump; subscribers hear of every difference."""
+        async with self._syncing:
+            await self._sync()
+
+    async def _sync(self) -> None:
         if self._held is None:
             self._held = []
         try:
@@ -95,18 +103,25 @@ class LinkTable:
                 self._tell(old, new)
 
     def overrun(self) -> None:
-        """Events were lost: resynchronise from a dump (one at a time, coalesced)."""
+        """Events were lost: resynchronise from a dump.
+
+        Overruns before the resync's dump is asked for share it; one after needs another
+        dump, as the running one may have been taken before what was lost happened.
+        """
+        self._lost = True
         if self._resync is None or self._resync.done():
             self._resync = asyncio.get_running_loop().create_task(self._resync_now())
 
     async def _resync_now(self) -> None:
-        try:
-            await self.sync()
-        except Exception:
-            log.exception("resynchronising links after lost events failed")
-            # Try again: the picture must not stay wrong.
-            asyncio.get_running_loop().call_later(0.5, self.overrun)
-        else:
+        while self._lost:
+            self._lost = False
+            try:
+                await self.sync()
+            except Exception:
+                log.exception("resynchronising links after lost events failed")
+                # Try again: the picture must not stay wrong.
+                asyncio.get_running_loop().call_later(0.5, self.overrun)
+                return
             log.info("link picture resynchronised after lost events (%d links)", len(self),
                      extra={"BRIDGED_EVENT": "resync"})
 
