@@ -14,6 +14,7 @@ import enum
 import errno
 import logging
 import os
+import time
 from collections.abc import Callable
 
 from bridged.config import MAC_FROM_UPLINK, BridgeConfig
@@ -64,6 +65,8 @@ class BridgeManager:
         self._uplink_indexes: set[int] = set()
         # The bridge's addresses as the kernel reports them, whoever put them there.
         self.addresses: set[Address] = set()
+        # When each address was last reported: its lifetimes count down from then.
+        self._reported: dict[object, float] = {}
         self._pending_uplinks: set[int] = set()
         self._bridge_dirty = False
         self._addresses_lost = False
@@ -76,6 +79,9 @@ class BridgeManager:
         self._failed_uplinks: dict[int, int | None] = {}
         # Why the last IP move was rolled back; while set, no uplink is enslaved.
         self.rolled_back: str | None = None
+        # True when the uplinks are held off because the move could not be made safely
+        # (not because it was tried and rolled back): the state is then "degraded".
+        self.held_not_tried = False
         self._idle = asyncio.Event()
         # Listeners: the D-Bus layer, sd_notify status, the tap registry.
         self.on_change: list[Callable[[], None]] = []
@@ -106,6 +112,16 @@ class BridgeManager:
         index = self.index
         return [link for link in self.uplinks() if index and link.master == index]
 
+    def leases(self) -> dict[str, int]:
+        """Leased (or autoconfigured) global addresses on the bridge -> seconds left."""
+        now = time.monotonic()
+        out = {}
+        for a in self.addresses:
+            if a.is_global and not a.is_permanent:
+                seen = self._reported.get(a.interface, now)
+                out[str(a.interface)] = max(0, a.valid_lft - int(now - seen))
+        return out
+
     def foreign_ports(self) -> list[Link]:
         """Ports that are neither uplinks nor bridged's taps: another tool put them there."""
         return [p for p in self.ports()
@@ -120,6 +136,9 @@ class BridgeManager:
     def status_line(self) -> str:
         if self.bridge is None:
             return f"{self.config.name} missing"
+        if self.rolled_back is not None and self.held_not_tried:
+            return (f"{self.bridge.name} up, uplinks kept off it: {self.rolled_back}; fix "
+                    "that and reload, or 'bridgectl retry'")
         if self.rolled_back is not None:
             return (f"{self.bridge.name} up, rolled back: {self.rolled_back}; uplinks kept "
                     "off the bridge until the config is reloaded or 'bridgectl retry'")
@@ -258,7 +277,10 @@ class BridgeManager:
         if event.removed:
             self.addresses.discard(event.address)
         else:
+            # Equal addresses differ in lifetimes (a renewed lease): keep the newest.
+            self.addresses.discard(event.address)
             self.addresses.add(event.address)
+            self._reported[event.address.interface] = time.monotonic()
         self._notify()
 
     def _uplink_address(self, event: AddressEvent) -> None:
@@ -316,7 +338,7 @@ class BridgeManager:
         addresses back, leaves the bridge, gets its routes back; the bridge keeps its
         taps but loses bridged's addresses and routes. In that order, so that the host
         always has an address on a link that carries its traffic."""
-        self.rolled_back = why
+        self.rolled_back, self.held_not_tried = why, False
         await self._release_uplinks()
         self._pending_uplinks.clear()
         self._update_state()
@@ -358,9 +380,16 @@ class BridgeManager:
                     self._uplink_changed(uplink.name, "released")
             await self.ip.clear_bridge(bridge)
 
+    def hold(self, why: str) -> None:
+        """Keep the uplinks off the bridge without trying: the move cannot be made safely
+        (ip.mode "dhcp" with no DHCP client to lease the bridge's address)."""
+        self.rolled_back, self.held_not_tried = why, True
+        self._pending_uplinks.clear()
+        self._update_state()
+
     def retry(self) -> None:
         """Try the move again (after a rollback): enslave what matches."""
-        self.rolled_back = None
+        self.rolled_back, self.held_not_tried = None, False
         self._pending_uplinks.update(link.index for link in self.uplinks())
         self._bridge_dirty = True
         self._wakeup.set()
@@ -550,7 +579,7 @@ class BridgeManager:
         if self.state == State.STOPPING:
             return
         if self.rolled_back is not None:
-            new = State.ROLLED_BACK
+            new = State.DEGRADED if self.held_not_tried else State.ROLLED_BACK
         elif self.bridge is None or (self.config.uplinks and not self.enslaved_uplinks()):
             new = State.DEGRADED
         else:

@@ -79,13 +79,19 @@ async def gather_status(client: Client) -> dict[str, Any]:
         "bridge": {"name": bridge.get("Name"), "index": bridge.get("Index"),
                    "mac": bridge.get("MACAddress"), "mtu": bridge.get("MTU"),
                    "stp": bridge.get("STP"), "forward_delay": bridge.get("ForwardDelay"),
-                   "operstate": bridge.get("OperState"), "addresses": bridge.get("Addresses", [])},
+                   "operstate": bridge.get("OperState"), "addresses": bridge.get("Addresses", []),
+                   "leases": bridge.get("Leases", {})},
         "uplinks": {"configured": bridge.get("Uplinks", []),
                     "enslaved": [p for p in bridge.get("Ports", [])
                                  if p not in tap_names and p not in foreign]},
         "foreign_ports": foreign,
         "taps": taps,
     }
+
+
+def with_lease(address: str, leases: dict[str, int]) -> str:
+    left = leases.get(address)
+    return address if left is None else f"{address} (lease, {left} s left)"
 
 
 def render_status(status: dict[str, Any]) -> str:
@@ -98,7 +104,7 @@ def render_status(status: dict[str, Any]) -> str:
         f"          MAC: {b['mac']}",
         f"          MTU: {b['mtu']}",
         f"          STP: {'on' if b['stp'] else 'off'} (forward delay {b['forward_delay']} s)",
-        f"    Addresses: {', '.join(b['addresses']) or '-'}",
+        f"    Addresses: {', '.join(with_lease(a, b['leases']) for a in b['addresses']) or '-'}",
         f"      Uplinks: {enslaved}; configured: {', '.join(up['configured']) or 'none'}",
         *([f"Foreign ports: {', '.join(status['foreign_ports'])} (not bridged's: another "
            "tool put them on the bridge)"] if status["foreign_ports"] else []),

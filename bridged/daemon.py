@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -79,6 +80,10 @@ class Daemon:
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_probe_failure = ""
         self.claims: ManagerClaims | None = None
+        # systemd-networkd leases the bridge's address (ip.mode "dhcp", or leases that
+        # migrate mode moved off the uplink).
+        self.leasing = False
+        self._uplink_has_leases = False  # migrate mode: the uplink's address is leased
 
     @property
     def bus(self) -> MessageBus | None:
@@ -92,7 +97,9 @@ class Daemon:
         return self.service is not None and await self.service.polkit_allows(sender, action)
 
     def state(self) -> str:
-        return "rolled-back" if self.rolled_back is not None else self.bridge.state.value
+        if self.rolled_back is not None and not self.bridge.held_not_tried:
+            return "rolled-back"
+        return self.bridge.state.value
 
     def status_line(self) -> str:
         count = len(self.taps.taps)
@@ -131,12 +138,24 @@ class Daemon:
                           extra={"BRIDGED_EVENT": "start-failed"})
                 return EX_UNAVAILABLE
             self.claims = ManagerClaims(self.service.bus, ClaimPaths(
-                self.args.networkmanager_conf, self.args.networkd_network))
+                self.args.networkmanager_conf, self.args.networkd_network,
+                self.args.networkd_dhcp))
         try:
             await self.links.sync()
-            # Other network managers hear that these links are bridged's before the
-            # bridge enslaves anything: one that still held the uplink would fight.
-            await self._claim_links()
+            # Other network managers hear that the bridge and the taps are bridged's
+            # before the bridge exists; that the uplinks are too, once their addresses
+            # are on the bridge (told earlier, some drop the address or its lease at
+            # once, and there would be nothing left to move).
+            if self.config.ip.mode == "migrate":
+                self._uplink_has_leases = await self._uplinks_have_leases()
+            await self._claim_links(uplinks=False)
+            if self._will_lease():
+                # networkd takes the bridge before its addresses arrive: it then keeps
+                # them (taken over later, it would drop them first as another's).
+                why = await self._lease()
+                if why is not None:
+                    self.bridge.hold(f"no DHCP client for {self.config.bridge.name}'s "
+                                     f"lease: {why}")
             await self.bridge.start()
         except BridgeUnavailable as e:
             log.error("%s", e, extra={"BRIDGED_EVENT": "start-failed"})
@@ -147,8 +166,11 @@ class Daemon:
                       extra={"BRIDGED_EVENT": "start-failed"})
             await self.bridge.undo_start()
             return EX_UNAVAILABLE
-        if self.bridge.enslaved_count and not await self._move_verified("start"):
-            await self._roll_back_move()
+        if self.bridge.enslaved_count:
+            await self._lease_moved_leases()
+            await self._claim_links()
+            if not await self._move_verified("start"):
+                await self._roll_back_move()
         self.bridge.on_moved.append(self._moved)
         self.taps.adopt()
         try:
@@ -197,6 +219,7 @@ class Daemon:
         # The guards' table stays: the taps stay, and so must what guards them.
         self.guards.stop()
         if self.claims is not None and self.config.bridge.teardown_on_stop:
+            await self._unlease()
             await self.claims.withdraw()  # the bridge is gone: so is the claim
         if self.service is not None:
             self.service.stop()
@@ -245,6 +268,15 @@ class Daemon:
             log.error("reload refused, keeping the running configuration: %s", e,
                       extra={"BRIDGED_EVENT": "reload-failed", "CONFIG_FILE": e.path})
             return
+        if new.ip.mode == "dhcp" and not self.leasing:
+            # Before anything moves: without a DHCP client on the bridge, leased
+            # addresses moved onto it would just run out.
+            why = await self._lease()
+            if why is not None:
+                log.error('reload refused, keeping the running configuration: ip.mode = '
+                          '"dhcp" has no DHCP client for %s: %s', new.bridge.name, why,
+                          extra={"BRIDGED_EVENT": "reload-failed", "CONFIG_FILE": new.path})
+                return
         moves = self.bridge.enslaved_count
         retrying = self.bridge.rolled_back is not None
         if retrying:
@@ -290,8 +322,18 @@ class Daemon:
         bridge = self.bridge.bridge
         if not self.ip.manages_ip or not timeout or bridge is None:
             return True
-        gateways = self.ip.gateways()
+        deadline = time.monotonic() + timeout
         uplinks = self.bridge.enslaved_uplinks()
+        gateways = self.ip.gateways()
+        if not gateways and self.leasing and uplinks:
+            gateways = await self._leased_gateways(bridge.index, deadline)
+            if not gateways:
+                self._last_probe_failure = (f"no DHCP lease with a gateway on {bridge.name} "
+                                            f"within {timeout:g} s after the {after}")
+                log.error("%s", self._last_probe_failure,
+                          extra={"INTERFACE": bridge.name, "BRIDGED_EVENT": "probe-failed"})
+                return False
+            timeout = max(0.5, deadline - time.monotonic())
         if not gateways or not uplinks:
             return True  # nothing to reach, or nothing moved onto the bridge
         if not any(u.operstate in ("UP", "UNKNOWN") for u in uplinks):
@@ -316,9 +358,22 @@ class Daemon:
                   extra={"INTERFACE": bridge.name, "BRIDGED_EVENT": "probe-failed"})
         return False
 
+    async def _leased_gateways(self, index: int, deadline: float) -> list[probe.Address]:
+        """The gateways of the default routes the DHCP client put on the bridge, once it
+        has (the lease's own gateway is what the host must reach)."""
+        while True:
+            routes = await self.netlink.routes(index)
+            found = [r.gateway for r in routes if r.is_default and r.gateway is not None]
+            if found or time.monotonic() >= deadline:
+                return list(dict.fromkeys(found))
+            await asyncio.sleep(0.2)  # a bounded wait for one lease, not a poll loop
+
     async def _roll_back_move(self) -> None:
         why = self._last_probe_failure
+        await self._unlease()
         await self.bridge.roll_back(why)
+        # The uplinks are their old managers' again (their DHCP clients, profiles).
+        await self._claim_links(uplinks=False)
         self.rolled_back = why
         log.error("rolled back: the uplinks have their own addresses and routes again and "
                   "stay off %s until the config is reloaded or 'bridgectl retry'",
@@ -354,6 +409,8 @@ class Daemon:
                 self.service.tap_changed(tap)
         self.authorizer.taps, self.authorizer.auth = config.taps, config.auth
         await self.ip.reload(config.ip, self.bridge.bridge, self.bridge.uplinks())
+        if config.ip.mode not in ("dhcp", "migrate"):
+            await self._unlease()
         await self.bridge.reload(config.bridge)
         if self.claims is not None:
             await self.claims.conflicts(config)
@@ -362,20 +419,83 @@ class Daemon:
 
     # --- other network managers: told which links are bridged's ------------------------
 
-    async def _claim_links(self) -> None:
+    async def _claim_links(self, uplinks: bool | None = None) -> None:
         if self.claims is None:
             return
         await self.claims.conflicts(self.config)
-        await self.claims.claim(self._claimed_names())
+        await self.claims.claim(self._claimed_names(uplinks))
 
-    def _claimed_names(self) -> ClaimedNames:
-        """The uplinks and taps present now, by name (globs and the tap prefix cover
-        those to come, where a manager takes globs)."""
-        prefix = self.config.taps.prefix
-        links = [link.name for link in self.links
-                 if self.config.bridge.is_uplink(link.name, link.address, link.perm_address)
-                 or (link.kind == "tun" and link.name.startswith(prefix))]
-        return ClaimedNames.from_config(self.config, links)
+    def _claimed_names(self, uplinks: bool | None = None) -> ClaimedNames:
+        """The bridge (unless networkd leases its address), the uplinks and the taps,
+        present ones by name (globs and the tap prefix cover those to come, where a
+        manager takes globs). With ``uplinks`` false, only the uplinks already enslaved
+        to the bridge (a restart): the others keep their manager until their addresses
+        are on the bridge, or get it back after a rollback (the default then)."""
+        if uplinks is None:
+            uplinks = self.bridge.rolled_back is None
+        config = self.config
+        prefix = config.taps.prefix
+        bridge_link = self.links.by_name(config.bridge.name)
+        names = []
+        for link in self.links:
+            tap = link.kind == "tun" and link.name.startswith(prefix)
+            uplink = config.bridge.is_uplink(link.name, link.address, link.perm_address) and (
+                uplinks or (bridge_link is not None and link.master == bridge_link.index
+                            and self.bridge.rolled_back is None))
+            if tap or uplink:
+                names.append(link.name)
+        bridge = None if self.leasing or self._will_lease() else config.bridge.name
+        return ClaimedNames(bridge, config.bridge.uplinks if uplinks else (), prefix,
+                            tuple(dict.fromkeys(names)))
+
+    # --- the bridge's address by DHCP: systemd-networkd leases it -------------------------
+
+    def _will_lease(self) -> bool:
+        return self.config.ip.mode == "dhcp" or \
+            (self.config.ip.mode == "migrate" and self._uplink_has_leases)
+
+    async def _uplinks_have_leases(self) -> bool:
+        """migrate mode: does an uplink (not yet enslaved) carry a leased address? Then
+        the bridge leases it on: moved and frozen, it would just run out."""
+        for link in self.links:
+            if link.master is None and self.config.bridge.is_uplink(
+                    link.name, link.address, link.perm_address):
+                try:
+                    if any(a.is_global and not a.is_permanent
+                           for a in await self.netlink.addresses(link.index)):
+                        return True
+                except KernelError:
+                    continue  # gone meanwhile
+        return False
+
+    async def _lease(self) -> str | None:
+        """Have systemd-networkd lease the bridge's address; None, or why it cannot."""
+        if self.claims is None:
+            return "no system bus (--no-bus) to ask systemd-networkd over"
+        why = await self.claims.lease(self.config.bridge.name)
+        if why is None:
+            self.leasing = True
+        return why
+
+    async def _unlease(self) -> None:
+        if self.leasing and self.claims is not None:
+            self.leasing = False
+            await self.claims.unlease()
+
+    async def _lease_moved_leases(self) -> None:
+        """migrate mode moved leased addresses: a DHCP client must renew them on the
+        bridge, or they run out (the issue with freezing them)."""
+        if self.config.ip.mode != "migrate" or not self.ip.moved_leases or self.leasing:
+            return
+        why = await self._lease()
+        if why is None:
+            # The bridge is networkd's now: no longer claimed (the uplinks: after this).
+            await self._claim_links(uplinks=False)
+        else:
+            log.error("the addresses moved off the uplink are leases that nothing renews on "
+                      "%s now (%s): they will run out; set ip.mode = \"dhcp\" with "
+                      "systemd-networkd, or ip.mode = \"static\"", self.config.bridge.name,
+                      why, extra={"BRIDGED_EVENT": "dhcp-failed"})
 
     def _uplink_claimed(self, name: str, state: str) -> None:
         # A new uplink (matched by a glob or MAC) is named to the managers; claim() does
@@ -423,6 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write the systemd-networkd .network marking the bridge, "
                              "uplinks and taps Unmanaged=yes (bridged.service: /run/bridged/"
                              "networkd.network, linked from /run/systemd/network)")
+    parser.add_argument("--networkd-dhcp", metavar="PATH",
+                        help='write the systemd-networkd .network that leases the bridge\'s '
+                             'address in ip.mode "dhcp" (bridged.service: /run/bridged/'
+                             "networkd-dhcp.network, linked from /run/systemd/network)")
     parser.add_argument("--log-target", choices=("auto", "journal", "console"), default="auto",
                         help="where logs go; auto picks the journal when systemd connected "
                              "stderr to it (default: auto)")

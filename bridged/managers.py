@@ -75,6 +75,9 @@ class ClaimPaths:
 
     networkmanager: str | None = None
     networkd: str | None = None
+    # ip.mode "dhcp": the .network that has systemd-networkd lease the bridge's address
+    # (linked as 01-bridged-dhcp.network: after our 00- claim, before any catch-all).
+    networkd_dhcp: str | None = None
     root: str = "/"
 
     def system(self, path: str) -> str:
@@ -160,6 +163,20 @@ def render_networkd(names: ClaimedNames) -> str:
             "\n\n[Link]\nUnmanaged=yes\n")
 
 
+def render_networkd_dhcp(bridge: str) -> str:
+    """systemd-networkd, for the bridge alone: the host's address by DHCPv4, IPv6 by
+    router advertisements (and DHCPv6 when they say so). The bridge carries the uplink's
+    MAC and sends it as its client identifier, so the LAN's server hands out the address
+    the host had on the uplink. A lease survives networkd stopping (dhcp-on-stop; not
+    "dhcp", which would make the kernel's copy permanent and hide the lease's time).
+    bridged owns the bridge itself (MAC, MTU, ports): nothing of that is here."""
+    return (f"# Written by bridged (see bridged(8)): ip.mode = \"dhcp\" for {bridge}.\n"
+            f"[Match]\nName={bridge}\n\n"
+            "[Network]\nDHCP=yes\nIPv6AcceptRA=yes\nKeepConfiguration=dhcp-on-stop\n"
+            "LinkLocalAddressing=ipv6\n\n"
+            "[DHCPv4]\nClientIdentifier=mac\n")
+
+
 def _covered(name: str, names: ClaimedNames) -> bool:
     if name == names.bridge or fnmatch.fnmatchcase(name, f"{names.tap_prefix}*"):
         return True
@@ -220,6 +237,62 @@ class ManagerClaims:
         await self._withdraw_networkmanager()
         await self._withdraw_networkd()
         self._names = None
+
+    async def lease(self, bridge: str) -> str | None:
+        """ip.mode "dhcp": systemd-networkd runs the DHCP client on the bridge (and only
+        there). None when it does; else why it cannot."""
+        path = self.paths.networkd_dhcp
+        if path is None:
+            return "no place to write systemd-networkd's .network (--networkd-dhcp)"
+        text = render_networkd_dhcp(bridge)
+        if not self._write_dropin(path, text, "systemd-networkd"):
+            return f"cannot write {path}"
+        if not await self._present(NETWORKD) and not await self._start_networkd():
+            return ("systemd-networkd is not running and could not be started "
+                    "(systemctl enable --now systemd-networkd)")
+        try:
+            await self._call(NETWORKD, NETWORKD_PATH, NETWORKD + ".Manager", "Reload")
+        except (ManagerError, OSError, EOFError) as e:
+            return f"systemd-networkd did not reload: {e}"
+        log.info("systemd-networkd leases %s's address (DHCP, router advertisements)", bridge,
+                 extra={"INTERFACE": bridge, "BRIDGED_EVENT": "dhcp-started",
+                        "BRIDGED_MANAGER": "systemd-networkd"})
+        return None
+
+    async def unlease(self) -> None:
+        """Stop systemd-networkd's DHCP client on the bridge (mode changed, rollback,
+        teardown)."""
+        path = self.paths.networkd_dhcp
+        if path is None or not self._write_dropin(path, NETWORKD_HARMLESS, "systemd-networkd"):
+            return
+        if not await self._present(NETWORKD):
+            return
+        try:
+            await self._call(NETWORKD, NETWORKD_PATH, NETWORKD + ".Manager", "Reload")
+        except (ManagerError, OSError, EOFError) as e:
+            log.warning("systemd-networkd did not stop leasing the bridge's address: %s", e,
+                        extra={"BRIDGED_EVENT": "dhcp-stop-failed",
+                               "BRIDGED_MANAGER": "systemd-networkd"})
+            return
+        log.info("systemd-networkd no longer leases the bridge's address",
+                 extra={"BRIDGED_EVENT": "dhcp-stopped", "BRIDGED_MANAGER": "systemd-networkd"})
+
+    async def _start_networkd(self) -> bool:
+        """Ask systemd to start systemd-networkd (polkit lets _bridged, for that unit)."""
+        if self.bus is None:
+            return False
+        try:
+            await self._call("org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+                             "org.freedesktop.systemd1.Manager", "StartUnit", "ss",
+                             ["systemd-networkd.service", "replace"])
+        except (ManagerError, OSError, EOFError) as e:
+            log.debug("cannot start systemd-networkd: %s", e)
+            return False
+        for _ in range(50):  # its bus name comes once it has read its configuration
+            if await self._present(NETWORKD):
+                return True
+            await asyncio.sleep(0.1)
+        return False
 
     async def conflicts(self, config: Config) -> list[Conflict]:
         """Config that other tools apply to the bridge or an uplink, each logged with
@@ -321,6 +394,20 @@ class ManagerClaims:
             # the drop-in and Reload first, it took the uplink down (br0 lost carrier).
             await asyncio.gather(*(unmanage(n) for n in names.exact()
                                    if n not in self._nm_told))
+            # Names no longer claimed (an uplink given back by a rollback) are
+            # NetworkManager's again, if it managed them before us.
+            for ifname in sorted(self._nm_unmanaged - set(names.exact())):
+                if _covered(ifname, names):
+                    continue
+                self._nm_unmanaged.discard(ifname)
+                self._nm_told.discard(ifname)
+                path = await self._nm_device(ifname)
+                if path is not None:
+                    await self._call(NM, path, PROPERTIES, "Set", "ssv",
+                                     [NM_DEVICE, "Managed", Variant("b", True)])
+                    log.info("NetworkManager manages %s again", ifname,
+                             extra={"INTERFACE": ifname, "BRIDGED_EVENT": "manager-withdrawn",
+                                    "BRIDGED_MANAGER": "NetworkManager"})
             reloaded = False
             if self._write_dropin(self.paths.networkmanager, text, "NetworkManager") and \
                     self._nm_loaded != text:
@@ -404,9 +491,9 @@ class ManagerClaims:
         if self.paths.networkd is None:
             return  # networkd has no call that unmanages a link: the .network is the claim
         text = render_networkd(names)
-        written = self._write_dropin(self.paths.networkd, text, "systemd-networkd")
-        if self._networkd_loaded == text and not written:
-            return
+        if not self._write_dropin(self.paths.networkd, text, "systemd-networkd") or \
+                self._networkd_loaded == text:
+            return  # not written (logged), or networkd has this very text loaded
         if not await self._present(NETWORKD):
             log.debug("systemd-networkd is not running; %s holds from its start",
                       self.paths.networkd, extra={"BRIDGED_MANAGER": "systemd-networkd"})
@@ -654,10 +741,17 @@ def ifupdown_conflicts(path: str, bridge: str, uplinks: list[UplinkPattern],
             doing = {"dhcp": "runs a DHCP client on it", "static": "puts addresses on it",
                      "manual": "sets it up and down (ifdown takes the uplink down)"}.get(
                          s.method, f"configures it ({s.method})")
+            fix = (f"remove that stanza{also} from {s.file}; bridged enslaves {s.name} and "
+                   f"configures {bridge} itself")
+            pidfile = f"/run/dhclient.{s.name}.pid"
+            if s.method == "dhcp" and os.path.exists(os.path.join(root, pidfile.lstrip("/"))):
+                # ifup's dhclient still runs on the enslaved uplink; ifdown would release
+                # the lease (the address the bridge now leases) and set the uplink down.
+                fix += (f"; its dhclient still runs: stop it without releasing the lease: "
+                        f"dhclient -x -pf {pidfile}")
             found.append(Conflict(
                 "ifupdown", f"{stanza} ({where}) {doing}, but {s.name} is an uplink of "
-                f"{bridge}", f"remove that stanza{also} from {s.file}; bridged enslaves "
-                f"{s.name} and configures {bridge} itself"))
+                f"{bridge}", fix))
         taken = [p for p in ports if p == "all" or is_uplink(p)]
         if taken and s.name != bridge:
             found.append(Conflict(

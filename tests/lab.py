@@ -116,12 +116,13 @@ class Lab:
         self.lan.ip("addr", "add", f"{LAN_V6}/64", "dev", "lanbr", "nodad")
         self.plug_uplink()
 
-    def plug_uplink(self, name: str = "eth0") -> None:
-        """Create the uplink veth (hotplug): ``name`` in host, its peer on the LAN bridge."""
+    def plug_uplink(self, name: str = "eth0", mac: str | None = None) -> None:
+        """Create the uplink veth (hotplug): ``name`` in host, its peer on the LAN bridge;
+        ``mac`` to plug the same NIC back in."""
         self.lan_index += 1
         peer = f"lan{self.lan_index}"
-        self.host.ip("link", "add", name, "type", "veth", "peer", "name", peer,
-                     "netns", self.lan.name)
+        self.host.ip("link", "add", name, *(("address", mac) if mac else ()), "type", "veth",
+                     "peer", "name", peer, "netns", self.lan.name)
         self.lan.ip("link", "set", peer, "master", "lanbr", "up")
         self.host.ip("link", "set", name, "up")
 

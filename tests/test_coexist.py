@@ -506,18 +506,25 @@ iface eth0 inet static
 """
 
 
-def test_seed_bridge_up_before_bridged_is_named(host_factory: Callable[..., Host]):
-    """The seed's /etc/network/interfaces made br0 (with a root-owned tap0) first."""
+def test_seed_bridge_up_before_bridged_is_refused_and_named(host_factory: Callable[..., Host]):
+    """The seed's /etc/network/interfaces made br0 (with a root-owned tap0) first:
+    bridged does not take over another tool's bridge, and says whose it is and why."""
     h = host_factory(dhcp=False)
     h.c.write("/etc/network/interfaces", SEED_BRIDGE)
     h.c.run("ifup", "br0")
     assert h.master("eth0") == "br0" and h.master("tap0") == "br0"
-    h.start_bridged()
+    started = h.c.run("systemctl", "start", "bridged", check=False)
+    assert started.returncode != 0
+    messages = [e["MESSAGE"] for e in h.journal()]
+    assert any("bridge br0 exists and bridged did not make it (ifupdown brought it up" in m
+               and "bridge.adopt = true" in m for m in messages), messages
     whats = [e["MESSAGE"] for e in h.events("manager-conflict")
              if e["BRIDGED_MANAGER"] == "ifupdown"]
     assert any("'iface br0 inet static' (/etc/network/interfaces:6) configures bridged's "
                "bridge br0 with ports all tap0" in w for w in whats), whats
     assert any("'iface eth0 inet manual'" in w for w in whats), whats
+    # Nothing of ifupdown's bridge was touched.
+    assert h.master("eth0") == "br0" and h.master("tap0") == "br0"
 
 
 def test_restart_networking_beside_bridged(host_factory: Callable[..., Host],

@@ -322,7 +322,10 @@ class BusService:
         return {name: read() for name, (_sig, read) in self._manager_properties().items()}
 
     def _bridge_values(self) -> dict[str, Any]:
-        return {name: read() for name, (_sig, read) in self._bridge_properties().items()}
+        """What PropertiesChanged announces: every property that says it emits."""
+        quiet = {p.name for p in spec.BRIDGE.properties if not p.emits_change}
+        return {name: read() for name, (_sig, read) in self._bridge_properties().items()
+                if name not in quiet}
 
     def _manager_properties(self) -> dict[str, tuple[str, Callable[[], Any]]]:
         return {
@@ -352,6 +355,9 @@ class BusService:
             "ForeignPorts": ("as", lambda: [p.name for p in bridge.foreign_ports()]),
             "Addresses": ("as", lambda: sorted(str(a.interface) for a in bridge.addresses
                                                if a.is_global)),
+            # Seconds left of each lease: it changes every second, so it is read, not
+            # announced (PropertiesChanged leaves it out).
+            "Leases": ("a{su}", bridge.leases),
         }
 
     @staticmethod

@@ -38,6 +38,8 @@ class Method:
 class Property:
     name: str
     signature: str
+    # False for a value that changes all the time (seconds left): read it, no signal.
+    emits_change: bool = True
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,15 @@ class Interface:
             lines += [f"{indent}    <arg name={quoteattr(a.name)} type={quoteattr(a.signature)}/>"
                       for a in s.args]
             lines.append(f"{indent}  </signal>")
-        lines += [f"{indent}  <property name={quoteattr(p.name)} type={quoteattr(p.signature)}"
-                  f" access=\"read\"/>" for p in self.properties]
+        for p in self.properties:
+            head = (f"{indent}  <property name={quoteattr(p.name)} "
+                    f"type={quoteattr(p.signature)} access=\"read\"")
+            if p.emits_change:
+                lines.append(head + "/>")
+            else:
+                lines += [head + ">", f"{indent}    <annotation name=\"org.freedesktop.DBus."
+                          "Property.EmitsChangedSignal\" value=\"false\"/>",
+                          f"{indent}  </property>"]
         lines.append(f"{indent}</interface>")
         return "\n".join(lines)
 
@@ -109,7 +118,8 @@ BRIDGE = Interface(
     properties=(Property("Name", "s"), Property("Index", "i"), Property("MACAddress", "s"),
                 Property("MTU", "u"), Property("STP", "b"), Property("ForwardDelay", "u"),
                 Property("OperState", "s"), Property("Uplinks", "as"), Property("Ports", "as"),
-                Property("ForeignPorts", "as"), Property("Addresses", "as")),
+                Property("ForeignPorts", "as"), Property("Addresses", "as"),
+                Property("Leases", "a{su}", emits_change=False)),
     signals=(Signal("UplinkChanged", (Arg("ifname", "s"), Arg("state", "s"))),),
 )
 
