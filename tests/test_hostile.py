@@ -208,6 +208,22 @@ def test_finding1_non_ascii_label_reads_back_exactly(lab: Lab, bus: PrivateBus, 
     assert assert_serving(bus, daemon, pid) == []
 
 
+def test_finding1_bridgectl_sends_and_shows_a_non_ascii_label(lab: Lab, bus: PrivateBus,
+                                                              daemon: Daemon):
+    """The client side: bridgectl on this interpreter's dbus-fast must send the label
+    well-formed too (1.84 would mis-size it and the bus would drop bridgectl)."""
+    label = "é 🦀 虚拟机"
+    created = bus.bridgectl("create", "--linger", "--label", label, user=MEMBER)
+    assert created.returncode == 0, created.stderr
+    name = created.stdout.strip()
+    assert label_of(bus, name) == label
+    status = bus.bridgectl("status", user=OTHER)
+    assert status.returncode == 0 and label in status.stdout, status.stdout + status.stderr
+    released = bus.bridgectl("release", name, user=MEMBER)
+    assert released.returncode == 0, released.stderr
+    assert tap_names(lab) == set()
+
+
 # --- finding 2: a stored label keeps a restarted daemon down ------------------------------
 
 
