@@ -23,10 +23,12 @@ from tests.test_bridge import SEED
 from tests.test_hostile import (
     assert_serving,
     dbus_fast_version,
+    fd_count,
     ok,
     settle,
     start_daemon,
     tap_names,
+    warm_up,
 )
 
 pytestmark = pytest.mark.root
@@ -44,6 +46,8 @@ def test_many_clients_at_once(lab: Lab, bus: PrivateBus,
                               figures: Callable[[str], None]):
     daemon = start_daemon(lab, bus, daemon_factory, CONFIG)
     pid = daemon.pid
+    warm_up(bus)
+    fds_before = fd_count(pid)
     script = os.path.join(bus.clients, "loadclient.py")
     monitor = subprocess.Popen(bus.user_command(OTHER, sys.executable, script, bus.address,
                                                 "monitor"),
@@ -64,6 +68,7 @@ def test_many_clients_at_once(lab: Lab, bus: PrivateBus,
         assert settle(lambda: tap_names(lab), set()) == set(), "taps left in the kernel"
         assert settle(lambda: ok(bus.manager("ListTaps")), [[]]) == [[]]
         assert_serving(bus, daemon, pid)
+        assert settle(lambda: fd_count(pid), fds_before) == fds_before
         monitor.stdin.write("stop\n")
         monitor.stdin.flush()
         seen: dict[str, str] = json.loads(monitor.stdout.readline())
@@ -91,4 +96,4 @@ def test_many_clients_at_once(lab: Lab, bus: PrivateBus,
             f"{creates} taps made and freed, signals {sum(len(s) for s in seen.values())} "
             f"all seen in order; errors: {errors}; latency p50 {out['p50_ms']} ms, "
             f"p99 {out['p99_ms']} ms, max {out['max_ms']} ms; the same daemon still serving, "
-            f"no tap left")
+            f"no tap left, daemon fds {fds_before} before and after")
