@@ -24,6 +24,7 @@ from bridged.api import (
     TAP,
     TAP_OPTIONS,
 )
+from bridged.bus import compat
 
 __all__ = ["BRIDGE", "MANAGER", "TAP", "Client", "ClientError", "OpenedTap", "unwrap"]
 
@@ -107,9 +108,11 @@ class Client:
 
     async def call(self, path: str, interface: str, member: str, signature: str = "",
                    body: list[Any] | None = None) -> Message:
-        reply = await self.bus.call(Message(
+        # prepare(): dbus-fast 1.x mis-sizes non-ASCII strings (a label), and the bus
+        # would drop us for the malformed message.
+        reply = await self.bus.call(compat.prepare(Message(
             destination=BUS_NAME, path=path, interface=interface, member=member,
-            signature=signature, body=body or []))
+            signature=signature, body=body or [])))
         assert reply is not None
         if reply.message_type == MessageType.ERROR:
             text = reply.body[0] if reply.body else reply.error_name

@@ -7,9 +7,9 @@ handler and property getter answers through the same error mapping, so a caller 
 named error with words, never a traceback. No method takes file descriptors: any that
 arrive with a message are closed at once.
 
-bridged serves Introspectable, Properties and ObjectManager for its objects itself
-(rather than through dbus-fast's ServiceInterface), so a tap's object costs a dict
-entry, and every string that goes out is one bridged put there.
+bridged serves Introspectable, Properties, ObjectManager and Peer for its objects
+itself (rather than through dbus-fast's ServiceInterface), so a tap's object costs a
+dict entry, and every answer to a call is one bridged built.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ PROPERTIES_BATCH_S = 0.02
 # the bound keeps a long-lived daemon's memory flat.
 CREDENTIALS_CACHE = 4096
 DBUS_ERROR = "org.freedesktop.DBus.Error."
+MACHINE_ID_PATHS = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 
 
 class NameTaken(Exception):
@@ -72,6 +73,7 @@ class BusService:
         self._paths: dict[str, str] = {}  # tap object path -> tap name
         self._sent: dict[str, dict[str, Any]] = {}  # interface -> properties last announced
         self._flush_pending = False
+        self._machine_id_text: str | None = None
         self._handlers: dict[tuple[str, str], Handler] = {
             (api.MANAGER, "OpenTap"): self._open_tap,
             (api.MANAGER, "CreateTap"): self._create_tap,
@@ -172,8 +174,8 @@ class BusService:
             # open would be a descriptor a caller made us hold forever.
             tun.close_all(list(fds))
             msg.unix_fds = []
-        if msg.message_type is not MessageType.METHOD_CALL or msg.interface == api.PEER:
-            return None  # replies, signals and Peer.Ping: the library's
+        if msg.message_type is not MessageType.METHOD_CALL:
+            return None  # replies and signals: the library's
         try:
             if fds:
                 raise CallError("InvalidArgs", "bridged takes no file descriptors")
@@ -202,20 +204,28 @@ class BusService:
     def _method_key(self, msg: Message) -> tuple[str, str]:
         path, member = msg.path or "", msg.member or ""
         ours = self._interfaces_at(path)
-        if ours is None:
+        if msg.interface == api.PEER:
+            # Peer is the connection's, at any path. Served here rather than by the
+            # library: its GetMachineId asks the bus, which the system bus policy refuses,
+            # and dbus-fast 1.84 then fails building the error and never answers.
+            iface = spec.PEER
+        elif ours is None:
             # Only introspection reaches the nodes above and between our objects.
             if msg.interface in (None, api.INTROSPECTABLE) and member == "Introspect":
                 iface = spec.INTROSPECTABLE
             else:
                 raise CallError("UnknownObject", f"no object at {path}")
         else:
-            served = (*ours, spec.PROPERTIES, spec.INTROSPECTABLE)
+            served = (*ours, spec.PROPERTIES, spec.INTROSPECTABLE, spec.PEER)
             if msg.interface:
                 found = next((i for i in served if i.name == msg.interface), None)
+                if found is None:
+                    raise CallError("UnknownInterface",
+                                    f"{path} has no interface {msg.interface}")
             else:  # the interface field is optional in a call: the member decides
                 found = next((i for i in served if i.method(member) is not None), None)
-            if found is None:
-                raise CallError("UnknownInterface", f"{path} has no interface {msg.interface}")
+                if found is None:
+                    raise CallError("UnknownMethod", f"{path} has no method {member}")
             iface = found
         method = iface.method(member)
         if method is None:
@@ -228,6 +238,10 @@ class BusService:
     def _serve_now(self, msg: Message, key: tuple[str, str]) -> tuple[str, list[Any]]:
         """The calls answered at once, without asking who calls: reading is for anyone."""
         path = msg.path or ""
+        if key == (api.PEER, "Ping"):
+            return "", []
+        if key == (api.PEER, "GetMachineId"):
+            return "s", [self._machine_id()]
         if key == (api.INTROSPECTABLE, "Introspect"):
             return "s", [self._introspect(path)]
         if key == (api.MANAGER, "ListTaps"):
@@ -284,6 +298,21 @@ class BusService:
             text = "internal error in bridged; see 'journalctl -u bridged'"
         if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:
             self._send(Message.new_error(msg, name, compat.error_text(text)))
+
+    def _machine_id(self) -> str:
+        if self._machine_id_text is None:
+            for path in MACHINE_ID_PATHS:
+                try:
+                    with open(path) as f:
+                        text = f.read(64).strip()
+                except OSError:
+                    continue
+                if len(text) == 32 and all(c in "0123456789abcdef" for c in text):
+                    self._machine_id_text = text
+                    break
+            else:
+                raise CallError("Failed", "this host has no machine id (/etc/machine-id)")
+        return self._machine_id_text
 
     # --- handlers that change something ---------------------------------------------------
 

@@ -133,7 +133,7 @@ TAP = Interface(
                 Property("Guarded", "b"), Property("MAC", "s")),
 )
 
-# The standard interfaces bridged serves itself (Peer is left to the library).
+# The standard interfaces bridged serves itself.
 PROPERTIES = Interface(
     api.PROPERTIES,
     methods=(
@@ -161,12 +161,10 @@ OBJECT_MANAGER = Interface(
                                           Arg("interfaces", "as")))),
 )
 
-PEER_XML = """  <interface name="org.freedesktop.DBus.Peer">
-    <method name="Ping"/>
-    <method name="GetMachineId">
-      <arg name="machine_uuid" type="s" direction="out"/>
-    </method>
-  </interface>"""
+PEER = Interface(
+    api.PEER,
+    methods=(Method("Ping"), Method("GetMachineId", (), (Arg("machine_uuid", "s"),))),
+)
 
 DOCTYPE = ('<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n'
            ' "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">')
@@ -176,7 +174,7 @@ def node_xml(interfaces: tuple[Interface, ...], children: list[str]) -> str:
     """Introspection data of one object: its interfaces, then its child nodes."""
     parts = [DOCTYPE, "<node>"]
     if interfaces:
-        parts += [PEER_XML, INTROSPECTABLE.xml(), PROPERTIES.xml()]
+        parts += [PEER.xml(), INTROSPECTABLE.xml(), PROPERTIES.xml()]
         parts += [i.xml() for i in interfaces]
     parts += [f"  <node name={quoteattr(c)}/>" for c in children]
     parts.append("</node>")

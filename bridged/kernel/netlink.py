@@ -232,9 +232,27 @@ def _set_bridge_options(sock: RtnlSocket, index: int, stp: bool, forward_delay: 
 
 def _set_link(sock: RtnlSocket, index: int, changes: dict[str, Any]) -> None:
     state = changes.get("state")
+    mtu = changes.get("mtu")
+    if mtu is not None:
+        _make_bridge_mtu_stick(sock, index, mtu)
     sock.set_link(index, address=changes.get("address"), alias=changes.get("ifalias"),
                   master=changes.get("master"), mtu=changes.get("mtu"),
                   up=None if state is None else state == "up")
+
+
+def _make_bridge_mtu_stick(sock: RtnlSocket, index: int, mtu: int) -> None:
+    """Make the MTU about to be set on a bridge one the kernel keeps.
+
+    A bridge holds on to its MTU only when setting it changed it (the kernel marks it
+    "set by the user" in its change_mtu callback, which an unchanged value never
+    reaches); until then every port added lowers it to the smallest port's, so a tap's
+    mtu 68 became the bridge's and the host's. A bridge already at ``mtu`` is moved one
+    byte up first (up: one below 1280 would take IPv6 off it), and the set that follows
+    brings it back and marks it.
+    """
+    link = sock.get_link(index)
+    if link is not None and link.kind == "bridge" and link.mtu == mtu:
+        sock.set_link(index, mtu=mtu + 1 if mtu < 65535 else mtu - 1)
 
 
 def _delete_links(sock: RtnlSocket, indexes: list[int]) -> list[int | None]:
