@@ -72,21 +72,25 @@ OK = "ok"
 NOREPLY = "noreply"
 
 OPTIONS = {"name": "s", "label": "s", "queues": "u", "vnet_hdr": "b", "mtu": "u", "vlan": "q",
-           "isolated": "b", "linger": "b", "pid": "u"}
+           "isolated": "b", "linger": "b", "pid": "u", "mac": "s", "trusted": "b"}
+BAD_MACS = ["", "zz:zz:zz:zz:zz:zz", "01:00:5e:00:00:01", "ff:ff:ff:ff:ff:ff",
+            "00:00:00:00:00:00", "52:54:00:12:34", "52:54:00:12:34:56:78", "52-54-00-12-34-56",
+            "52:54:00:12:34:5é", "52:54:00:12:34:56\n"]
 PROPS = {
-    MANAGER: {"Version": "s", "State": "s", "Bridge": "o", "TapCount": "u"},
+    MANAGER: {"Version": "s", "State": "s", "Bridge": "o", "TapCount": "u",
+              "StatusText": "s"},
     BRIDGE: {"Name": "s", "Index": "i", "MACAddress": "s", "MTU": "u", "STP": "b",
              "ForwardDelay": "u", "OperState": "s", "Uplinks": "as", "Ports": "as",
-             "Addresses": "as"},
+             "ForeignPorts": "as", "Addresses": "as", "Leases": "a{su}"},
     TAP: {"Name": "s", "Index": "i", "OwnerUID": "u", "Label": "s", "ClientPID": "u",
           "Persistent": "b", "Queues": "u", "VnetHdr": "b", "MTU": "u", "VLAN": "q",
-          "Isolated": "b", "CreatedAt": "t"},
+          "Isolated": "b", "CreatedAt": "t", "Guarded": "b", "MAC": "s"},
 }
 # One value of each type, for wrong types and extra arguments ('h' carries an fd).
 VALUES: dict[str, Any] = {
     "s": "x", "u": 7, "b": True, "q": 7, "i": -1, "t": 2**40, "x": -(2**40), "y": 7, "n": -7,
     "d": 1.5, "o": "/x", "g": "s", "as": ["a", "é"], "ay": b"ab",
-    "a{sv}": {"k": Variant("s", "v")}, "(su)": ["a", 1], "v": Variant("s", "x"), "h": 0,
+    "a{sv}": {"k": Variant("s", "v")}, "a{su}": {"k": 1}, "(su)": ["a", 1], "v": Variant("s", "x"), "h": 0,
 }
 LABELS = ["", "vm1", "é", "🦀", "虚拟机", "Ünïcödé vm", "שלום", "e\u0301", "a" * 64, "é" * 48,
           "🦀" * 24, "x y  z", 'quote" back\\slash', " BRIDGED_UID=0 X=y", "x]  [BRIDGED_UID=0",
@@ -188,7 +192,7 @@ class Generator:
             ("get", self.get), ("get-all", self.get_all), ("set", self.set),
             ("introspect", self.introspect), ("managed-objects", self.managed_objects),
             ("ping", self.ping), ("machine-id", self.machine_id),
-            ("no-reply", self.no_reply), ("signal", self.signal),
+            ("no-reply", self.no_reply), ("signal", self.signal), ("retry", self.retry),
         ]
 
     def foreign_path(self) -> str:
@@ -220,6 +224,11 @@ class Generator:
             options["mtu"] = ("u", rng.choice([68, 576, 1280, 1500, 9000, 65521]))
         if rng.random() < 0.2:
             options["isolated"] = ("b", rng.random() < 0.5)
+        if rng.random() < 0.2:
+            options["mac"] = ("s", "52:54:00:" + ":".join(f"{rng.randrange(256):02x}"
+                                                          for _ in range(3)))
+        if rng.random() < 0.1:
+            options["trusted"] = ("b", False)  # asking for the guards: anyone may
         if persistent:
             lifetime = rng.choice(["linger", "linger", "pid", "caller", "linger-false"])
             if lifetime == "linger":
@@ -243,7 +252,7 @@ class Generator:
         faults = [self.fault_option_unknown, self.fault_option_type, self.fault_option_type,
                   self.fault_option_type, self.fault_option_range, self.fault_option_range,
                   self.fault_label, self.fault_label, self.fault_name, self.fault_name,
-                  self.fault_name_taken]
+                  self.fault_name_taken, self.fault_mac, self.fault_trusted]
         faults += [self.fault_create_only] if not persistent else \
             [self.fault_linger_and_pid, self.fault_pid]
         return request, faults
@@ -257,6 +266,12 @@ class Generator:
     def list_taps(self) -> tuple[Request, list[Any]]:
         interface = self.rng.choice([MANAGER, MANAGER, None])
         return Request("list", ROOT, interface, "ListTaps"), []
+
+    def retry(self) -> tuple[Request, list[Any]]:
+        # Retrying the IP move changes the host's network: root only, never these callers.
+        interface = self.rng.choice([MANAGER, MANAGER, None])
+        return Request("retry", ROOT, interface, "Retry",
+                       expect=frozenset({B("AccessDenied")})), []
 
     def release_tap(self) -> tuple[Request, list[Any]]:
         # A valid ReleaseTap needs a tap of one's own: every CreateTap's release is one.
@@ -401,7 +416,7 @@ class Generator:
         return replace(r, fault=fault, body=[options], fds=fds, expect=expect)
 
     def fault_option_unknown(self, r: Request) -> Request:
-        key = self.rng.choice(["bogus", "Name", "label ", "é", "", "mac", "trusted2", "uid",
+        key = self.rng.choice(["bogus", "Name", "label ", "é", "", "MAC", "trusted2", "uid",
                                "owner", "🦀", "name\n"])
         return self._with_option(r, key, "s", "x", f"option-unknown:{key!r}")
 
@@ -418,6 +433,14 @@ class Generator:
             ("vlan", 4094), ("vlan", 4095), ("vlan", 65535)])
         # vlan in range is refused too: this lab's kernel has no VLAN-filtering bridges.
         return self._with_option(r, key, OPTIONS[key], value, f"option-range:{key}={value}")
+
+    def fault_mac(self, r: Request) -> Request:
+        mac = self.rng.choice(BAD_MACS)
+        return self._with_option(r, "mac", "s", mac, f"mac:{mac!r}")
+
+    def fault_trusted(self, r: Request) -> Request:
+        # No guards: for root alone.
+        return self._with_option(r, "trusted", "b", True, "trusted", error=B("AccessDenied"))
 
     def fault_label(self, r: Request) -> Request:
         label = self.rng.choice(BAD_LABELS)
