@@ -90,7 +90,8 @@ PROPS = {
 VALUES: dict[str, Any] = {
     "s": "x", "u": 7, "b": True, "q": 7, "i": -1, "t": 2**40, "x": -(2**40), "y": 7, "n": -7,
     "d": 1.5, "o": "/x", "g": "s", "as": ["a", "é"], "ay": b"ab",
-    "a{sv}": {"k": Variant("s", "v")}, "a{su}": {"k": 1}, "(su)": ["a", 1], "v": Variant("s", "x"), "h": 0,
+    "a{sv}": {"k": Variant("s", "v")}, "a{su}": {"k": 1}, "(su)": ["a", 1],
+    "v": Variant("s", "x"), "h": 0,
 }
 LABELS = ["", "vm1", "é", "🦀", "虚拟机", "Ünïcödé vm", "שלום", "e\u0301", "a" * 64, "é" * 48,
           "🦀" * 24, "x y  z", 'quote" back\\slash', " BRIDGED_UID=0 X=y", "x]  [BRIDGED_UID=0",
