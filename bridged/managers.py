@@ -168,11 +168,13 @@ def render_networkd_dhcp(bridge: str) -> str:
     router advertisements (and DHCPv6 when they say so). The bridge carries the uplink's
     MAC and sends it as its client identifier, so the LAN's server hands out the address
     the host had on the uplink. A lease survives networkd stopping (dhcp-on-stop; not
-    "dhcp", which would make the kernel's copy permanent and hide the lease's time).
+    "dhcp", which would make the kernel's copy permanent and hide the lease's time), and
+    the bridge losing its carrier while the uplink is unplugged and plugged back in.
     bridged owns the bridge itself (MAC, MTU, ports): nothing of that is here."""
     return (f"# Written by bridged (see bridged(8)): ip.mode = \"dhcp\" for {bridge}.\n"
             f"[Match]\nName={bridge}\n\n"
             "[Network]\nDHCP=yes\nIPv6AcceptRA=yes\nKeepConfiguration=dhcp-on-stop\n"
+            "IgnoreCarrierLoss=yes\n"
             "LinkLocalAddressing=ipv6\n\n"
             "[DHCPv4]\nClientIdentifier=mac\n")
 
