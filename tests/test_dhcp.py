@@ -7,7 +7,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -215,3 +217,21 @@ def test_without_a_dhcp_client_the_uplink_is_left_alone(
     assert isinstance(text, str) and "systemd-networkd is not running" in text
     assert "rolled back" not in daemon.log()
     assert POOL  # (the server ran: it is the client that is missing)
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu is not installed")
+def test_a_guest_leases_its_own_address_and_reaches_the_host(
+        lab: Lab, dhcp_host: Callable[..., DhcpHost], daemon_factory: Callable[..., Daemon]):
+    from tests.vmlab import build_guest, qemu_command, run_guest
+
+    h = dhcp_host()
+    daemon_factory(DHCP_CONFIG, extra_args=h.args()).start()
+    host_ip = h.lease.split("/")[0]
+    image = build_guest()
+    command = h.bus.user_command(MEMBER, sys.executable, "-m", "bridged.cli", "run",
+                                 "--label", "dhcp-guest", "--",
+                                 *qemu_command(image, ip="dhcp", peer=host_ip))
+    run = run_guest(["ip", "netns", "exec", lab.host.name, *command], lab.lan)
+    assert run.ok, run.transcript()
+    # Its own lease from the same server, not the host's.
+    assert run.address != host_ip and run.address.startswith("198.51.100.1")

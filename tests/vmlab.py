@@ -87,13 +87,15 @@ def build_guest() -> GuestImage:
     return GuestImage(kernel, initrd)
 
 
-def qemu_command(image: GuestImage, *, memory: int = 192) -> list[str]:
-    """qemu with the test guest and no NIC; callers add (or have added) the network."""
+def qemu_command(image: GuestImage, *, memory: int = 192, ip: str = f"{GUEST_IP}/24",
+                 peer: str = "198.51.100.1") -> list[str]:
+    """qemu with the test guest and no NIC; callers add (or have added) the network.
+    ``ip`` may be "dhcp": the guest then asks the LAN's DHCP server."""
     return ["qemu-system-x86_64", "-accel", "tcg", "-m", str(memory), "-smp", "1",
             "-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio",
             "-kernel", str(image.kernel), "-initrd", str(image.initrd),
-            "-append", f"console=ttyS0 panic=-1 quiet bridged.ip={GUEST_IP}/24 "
-                       "bridged.peer=198.51.100.1 bridged.wait=60"]
+            "-append", f"console=ttyS0 panic=-1 quiet bridged.ip={ip} "
+                       f"bridged.peer={peer} bridged.wait=60"]
 
 
 @dataclass
@@ -102,6 +104,7 @@ class GuestRun:
     pinged_out: bool = False
     answered_in: bool = False
     lan_pinged: bool = False
+    address: str = GUEST_IP  # as the guest reports it (a lease, with ip="dhcp")
     lines: list[str] = field(default_factory=list)
 
     @property
@@ -137,8 +140,10 @@ def run_guest(command: list[str], lan: NetNS, timeout: float = 150) -> GuestRun:
                 run.lines.append(line)
                 run.pinged_out |= "GUEST: PING_OUT_OK" in line
                 run.answered_in |= "GUEST: PING_IN_OK" in line
+                if line.startswith("GUEST: eth0 ") and len(line.split()) > 3:
+                    run.address = line.split()[3].split("/")[0]
                 if "GUEST: READY_FOR_INBOUND" in line:
-                    run.lan_pinged = lan.ping(GUEST_IP, count=3, timeout=3)
+                    run.lan_pinged = lan.ping(run.address, count=3, timeout=3)
         else:
             run.lines.append(f"TEST: guest timed out after {timeout}s")
         run.returncode = proc.wait(timeout=15)
