@@ -45,9 +45,10 @@ log = logging.getLogger(__name__)
 
 # The VXLAN device's ifalias: bridged made it.
 VXLAN_MARK = "bridged:vxlan"
-# A peer that keeps coming and going (a control plane churning) gets one journal line
-# per window, then a summary.
+# A peer that keeps coming and going (a control plane churning) gets a few journal lines
+# per window, then one summary per window while it goes on.
 PEER_LOG_WINDOW_S = 30.0
+PEER_LOG_BURST = 4
 # Operational states of an underlay that carries nothing.
 _DOWN = ("DOWN", "LOWERLAYERDOWN", "NOTPRESENT")
 
@@ -80,46 +81,52 @@ class Remote:
 class _Window:
     handle: asyncio.TimerHandle
     device: str
-    changes: int = 0
+    said: int = 1  # lines logged in this window
+    held: int = 0  # changes counted instead
     up: bool = False
     how: str = ""
 
 
 class PeerLog:
-    """Journal lines for peers coming and going: the first change of a peer is said at
-    once, further changes within ``window`` seconds are counted and said as one summary
-    when it ends (and the next window is summarised the same way while it lasts)."""
+    """Journal lines for peers coming and going: the first ``burst`` changes of a peer
+    in a window of ``window`` seconds are said at once, further ones are counted and
+    said as one summary when the window ends; while the churn goes on, that is one line
+    per window."""
 
-    def __init__(self, window: float = PEER_LOG_WINDOW_S) -> None:
+    def __init__(self, window: float = PEER_LOG_WINDOW_S, burst: int = PEER_LOG_BURST) -> None:
         self.window = window
+        self.burst = burst
         self._windows: dict[IPAddress, _Window] = {}
 
     def changed(self, device: str, peer: IPAddress, up: bool, how: str) -> None:
         window = self._windows.get(peer)
-        if window is not None:
-            window.changes += 1
+        if window is not None and window.said >= self.burst:
+            window.held += 1
             window.up, window.how = up, how
             return
         log.info("vxlan peer %s %s on %s (%s)", peer, "up" if up else "gone", device, how,
                  extra={"INTERFACE": device, "BRIDGED_PEER": str(peer),
                         "BRIDGED_EVENT": "vxlan-peer-up" if up else "vxlan-peer-gone"})
-        self._open(device, peer)
+        if window is None:
+            self._open(device, peer, said=1)
+        else:
+            window.said += 1
 
-    def _open(self, device: str, peer: IPAddress) -> None:
+    def _open(self, device: str, peer: IPAddress, said: int) -> None:
         handle = asyncio.get_running_loop().call_later(self.window, self._close, peer)
-        self._windows[peer] = _Window(handle, device)
+        self._windows[peer] = _Window(handle, device, said=said)
 
     def _close(self, peer: IPAddress) -> None:
         window = self._windows.pop(peer)
-        if not window.changes:
+        if not window.held:
             return
         log.warning("vxlan peer %s changed %d more time%s on %s in the last %g s; now %s "
-                    "(%s)", peer, window.changes, "" if window.changes == 1 else "s",
+                    "(%s)", peer, window.held, "" if window.held == 1 else "s",
                     window.device, self.window, "up" if window.up else "gone", window.how,
                     extra={"INTERFACE": window.device, "BRIDGED_PEER": str(peer),
                            "BRIDGED_EVENT": "vxlan-peer-churn",
-                           "BRIDGED_CHANGES": str(window.changes)})
-        self._open(window.device, peer)
+                           "BRIDGED_CHANGES": str(window.held)})
+        self._open(window.device, peer, said=self.burst)  # still churning: summaries only
 
     def close(self) -> None:
         for window in self._windows.values():
@@ -135,6 +142,8 @@ class _Work:
     underlay: bool = True  # which interface holds vxlan.local
     fdb: bool = True  # read the device's FDB again (new device, lost events)
     removing: set[IPAddress] = field(default_factory=set)  # flood entries we delete
+    # Why the device must be made anew (its FDB emptied), if it must.
+    recreate: str | None = None
 
 
 class Overlay:
@@ -247,6 +256,10 @@ class Overlay:
                 self._work.underlay = True
             if old is None:
                 self._work.fdb = True
+            elif config.evpn != old.evpn:
+                # A fresh, empty FDB for the new control plane: an entry bridged made
+                # is indistinguishable from one zebra made for the same VTEP.
+                self._work.recreate = f"vxlan.control changed to {config.control or 'peers'}"
         self._work.device = True
         self._said = None  # a problem that stays is said again at every reload
         self._wake()
@@ -471,7 +484,8 @@ class Overlay:
             return
         if link is not None:
             info = await self._netlink.vxlan(link.index) if link.kind == "vxlan" else None
-            why = _recreate_because(link, info, config)
+            why = _recreate_because(link, info, config) or self._work.recreate
+            self._work.recreate = None
             if why is not None:
                 log.warning("recreating vxlan device %s: %s", name, why,
                             extra={"INTERFACE": name, "BRIDGED_EVENT": "vxlan-recreated"})

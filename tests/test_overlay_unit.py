@@ -246,31 +246,39 @@ def test_owns_only_its_marked_device() -> None:
     assert not overlay.owns(_link(6, "vx7", alias=VXLAN_MARK))
 
 
-def test_peer_log_says_the_first_change_and_summarises_churn(
+def test_peer_log_says_the_first_changes_and_summarises_churn(
         caplog: pytest.LogCaptureFixture) -> None:
     async def churn() -> None:
-        peers = PeerLog(window=0.05)
+        peers = PeerLog(window=0.05, burst=3)
         peer = IP("192.0.2.12")
         for i in range(20):
             peers.changed("vx4242", peer, up=i % 2 == 0, how="learned from BGP EVPN")
         peers.changed("vx4242", IP("192.0.2.13"), up=True, how="learned from BGP EVPN")
         await asyncio.sleep(0.08)  # the first window closes: one summary
-        await asyncio.sleep(0.08)  # the next one had no change: nothing
-        peers.changed("vx4242", peer, up=True, how="learned from BGP EVPN")
+        for _ in range(2):  # still churning: only the summary of the next window
+            peers.changed("vx4242", peer, up=True, how="learned from BGP EVPN")
+        await asyncio.sleep(0.08)  # its summary
+        await asyncio.sleep(0.3)  # a window without changes ends quietly
+        peers.changed("vx4242", peer, up=False, how="withdrawn by BGP EVPN")
         peers.close()
 
     with caplog.at_level(logging.INFO, logger="bridged.overlay"):
         asyncio.run(churn())
     lines = [r.getMessage() for r in caplog.records]
+    up = "vxlan peer 192.0.2.12 up on vx4242 (learned from BGP EVPN)"
+    gone = "vxlan peer 192.0.2.12 gone on vx4242 (learned from BGP EVPN)"
     assert lines == [
-        "vxlan peer 192.0.2.12 up on vx4242 (learned from BGP EVPN)",
+        up, gone, up,
         "vxlan peer 192.0.2.13 up on vx4242 (learned from BGP EVPN)",
-        "vxlan peer 192.0.2.12 changed 19 more times on vx4242 in the last 0.05 s; now gone "
+        "vxlan peer 192.0.2.12 changed 17 more times on vx4242 in the last 0.05 s; now gone "
         "(learned from BGP EVPN)",
-        "vxlan peer 192.0.2.12 up on vx4242 (learned from BGP EVPN)",
+        "vxlan peer 192.0.2.12 changed 2 more times on vx4242 in the last 0.05 s; now up "
+        "(learned from BGP EVPN)",
+        "vxlan peer 192.0.2.12 gone on vx4242 (withdrawn by BGP EVPN)",
     ]
     assert [getattr(r, "BRIDGED_EVENT", None) for r in caplog.records] == \
-        ["vxlan-peer-up", "vxlan-peer-up", "vxlan-peer-churn", "vxlan-peer-up"]
+        ["vxlan-peer-up", "vxlan-peer-gone", "vxlan-peer-up", "vxlan-peer-up",
+         "vxlan-peer-churn", "vxlan-peer-churn", "vxlan-peer-gone"]
 
 
 def test_udev_rules_name_the_vxlan_port(tmp_path: Any) -> None:

@@ -17,8 +17,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from tests.lab import REPO, NetNS, sh
+from tests.lab import REPO, sh
 
 CACHE = Path(os.environ.get("BRIDGED_GUEST_CACHE", "/var/tmp/bridged-guest"))
 GUEST_IP = "198.51.100.3"
@@ -87,13 +88,15 @@ def build_guest() -> GuestImage:
     return GuestImage(kernel, initrd)
 
 
-def qemu_command(image: GuestImage, *, memory: int = 192) -> list[str]:
-    """qemu with the test guest and no NIC; callers add (or have added) the network."""
+def qemu_command(image: GuestImage, *, memory: int = 192,
+                 peer: str = "198.51.100.1") -> list[str]:
+    """qemu with the test guest and no NIC; callers add (or have added) the network.
+    The guest pings ``peer`` once its NIC is up."""
     return ["qemu-system-x86_64", "-accel", "tcg", "-m", str(memory), "-smp", "1",
             "-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio",
             "-kernel", str(image.kernel), "-initrd", str(image.initrd),
             "-append", f"console=ttyS0 panic=-1 quiet bridged.ip={GUEST_IP}/24 "
-                       "bridged.peer=198.51.100.1 bridged.wait=60"]
+                       f"bridged.peer={peer} bridged.wait=60"]
 
 
 @dataclass
@@ -112,7 +115,11 @@ class GuestRun:
         return "\n".join(self.lines)
 
 
-def run_guest(command: list[str], lan: NetNS, timeout: float = 150) -> GuestRun:
+class Pinger(Protocol):
+    def ping(self, address: str, count: int = 1, timeout: int = 2) -> bool: ...
+
+
+def run_guest(command: list[str], lan: Pinger, timeout: float = 150) -> GuestRun:
     """Boot the guest with ``command``; ping it from the LAN when it is ready."""
     run = GuestRun()
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
