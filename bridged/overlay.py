@@ -163,6 +163,11 @@ class Overlay:
         self.underlay: int | None = None
         # The device's own FDB: (mac, dst) -> entry, kept by events after one dump.
         self.fdb: dict[tuple[str, IPAddress], FdbEntry] = {}
+        self._fdb_version = 0  # counts the changes of self.fdb (see _fdb_changed)
+        self._remotes: tuple[object, list[Remote]] | None = None
+        # FDB events that arrive while the FDB is dumped, applied after it (None: none
+        # is under way), as the link table does with link events.
+        self._held: list[FdbEvent] | None = None
         # Why the overlay is not doing its job (None: it is), as logged and shown.
         self.problem: str | None = None
         self._device_problem: str | None = None  # foreign device, or the kernel refused
@@ -186,7 +191,15 @@ class Overlay:
             is_marked(link)
 
     def remotes(self) -> list[Remote]:
-        """Every remote VTEP the FDB names or the configuration lists."""
+        """Every remote VTEP the FDB names or the configuration lists. Counted again only
+        after a change: EVPN may hold thousands of MACs, and the D-Bus properties and the
+        status line ask after every batch of changes."""
+        key = (self.config, self._fdb_version)
+        if self._remotes is None or self._remotes[0] != key:
+            self._remotes = (key, self._count_remotes())
+        return self._remotes[1]
+
+    def _count_remotes(self) -> list[Remote]:
         peers = set(self.config.peers) if self.config is not None else set()
         seen: dict[IPAddress, list[int]] = {}  # entries, MACs, flood entries
         for entry in self.fdb.values():
@@ -300,6 +313,7 @@ class Overlay:
             if device is not None and old.index == device.index:
                 self.device = None
                 self.fdb.clear()
+                self._fdb_changed()
                 if self._deleting != old.index:
                     log.warning("vxlan device %s was %s by another process; making it again",
                                 name, "deleted" if new is None else f"renamed to {new.name}",
@@ -370,18 +384,32 @@ class Overlay:
         return self.device is not None and index == self.device.index
 
     def _fdb_event(self, event: FdbEvent) -> None:
+        if self._held is not None:
+            self._held.append(event)
+            return
+        if self._apply(event):
+            self._notify()
+
+    def _apply(self, event: FdbEvent, tell: bool = True) -> bool:
+        """One FDB event into the picture; False when it was not about our device."""
         entry, device, config = event.entry, self.device, self.config
         if entry.dst is None or device is None or config is None or \
                 entry.index != device.index:
-            return
-        before = self._flooded()
+            return False
+        key = (entry.mac, entry.dst)
+        was = key in self.fdb
         if event.removed:
-            self.fdb.pop((entry.mac, entry.dst), None)
+            self.fdb.pop(key, None)
         else:
-            self.fdb[(entry.mac, entry.dst)] = entry
-        if entry.flood:
-            self._tell_peers(before, self._flooded())
-        self._notify()
+            self.fdb[key] = entry
+        self._fdb_changed()
+        if tell and entry.flood and was == event.removed:
+            # A flood entry came or went: a peer came or went.
+            self._tell_peers({entry.dst} if was else set(), set() if was else {entry.dst})
+        return True
+
+    def _fdb_changed(self) -> None:
+        self._fdb_version += 1
 
     def _fdb_lost(self) -> None:
         self._work.fdb = True
@@ -464,12 +492,27 @@ class Overlay:
             self.underlay = await self._netlink.address_owner(config.local)
         if work.fdb:
             work.fdb = False
-            before = self._flooded()
-            entries = await self._netlink.fdb(device.index)
-            self.fdb = {(e.mac, e.dst): e for e in entries if e.dst is not None}
-            self._tell_peers(before, self._flooded())
+            await self._dump_fdb(device)
         if not config.evpn:
             await self._keep_flood_list(config, device)
+
+    async def _dump_fdb(self, device: Link) -> None:
+        """Replace the picture of the FDB with a dump; every difference is told."""
+        before = self._flooded()
+        self._held = []
+        try:
+            entries = await self._netlink.fdb(device.index)
+            # What the kernel queued while the dump ran may be older than the dump or
+            # newer: each event is an entry's whole state, so replayed in order after
+            # the dump, the last one about an entry is its truth.
+            self._monitor.drain()
+        finally:
+            held, self._held = self._held, None
+        self.fdb = {(e.mac, e.dst): e for e in entries if e.dst is not None}
+        self._fdb_changed()
+        for event in held:
+            self._apply(event, tell=False)
+        self._tell_peers(before, self._flooded())
 
     async def _keep_device(self, config: VxlanConfig, bridge: Link) -> None:
         name = config.device_name
@@ -477,6 +520,7 @@ class Overlay:
         if link is not None and not is_marked(link):
             self.device = None
             self.fdb.clear()
+            self._fdb_changed()
             self._device_problem = (
                 f"{name} exists and bridged did not make it (a {link.kind or 'plain'} "
                 "device); bridged does not take over another tool's device: delete it "
@@ -553,6 +597,7 @@ class Overlay:
         if self.device is not None and self.device.index == link.index:
             self.device = None
         self.fdb.clear()
+        self._fdb_changed()
         await self._netlink.delete_link(link.index)
 
     async def _remove_device(self, name: str, why: str) -> None:

@@ -185,6 +185,9 @@ class _Monitor:
     def stop(self) -> None:
         pass
 
+    def drain(self) -> None:
+        pass
+
 
 def _overlay(config: VxlanConfig, *links: Link, bridge_mtu: int = 1500) -> Overlay:
     bridge = _link(1, "br0", mtu=bridge_mtu)
@@ -288,3 +291,41 @@ def test_udev_rules_name_the_vxlan_port(tmp_path: Any) -> None:
     path = tmp_path / "bridged.toml"
     path.write_text('[vxlan]\nvni = 4242\nlocal = "192.0.2.11"\n')
     assert 'KERNEL=="vx4242", GOTO="bridged_ours"' in udev.render(load(str(path))).splitlines()
+
+
+def test_fdb_events_during_a_dump_are_applied_after_it_and_told_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from bridged.kernel.events import FdbEvent
+
+    evpn = VxlanConfig(vni=4242, local=IP("192.0.2.11"), control="evpn")
+    overlay = _overlay(evpn)
+    overlay.device = _link(5, "vx4242", master=1, alias=VXLAN_MARK)
+    flood = {dst: _entry("00:00:00:00:00:00", dst) for dst in ("192.0.2.12", "192.0.2.13",
+                                                              "192.0.2.14")}
+    # Read from the event socket only once the dump was taken: one older than the dump
+    # (C's entry was withdrawn before), one newer (D's was installed after).
+    queued = [FdbEvent(True, flood["192.0.2.13"]), FdbEvent(False, flood["192.0.2.14"])]
+
+    class Netlink:
+        async def fdb(self, index: int) -> list[FdbEntry]:
+            assert index == 5
+            return [flood["192.0.2.12"]]
+
+    overlay._netlink = Netlink()  # type: ignore[assignment]
+    overlay._monitor.drain = lambda: [overlay._fdb_event(e) for e in queued]  # type: ignore[assignment, method-assign]
+
+    async def dump() -> None:
+        overlay._fdb_event(FdbEvent(False, flood["192.0.2.13"]))  # before: C was there
+        await overlay._dump_fdb(overlay.device)  # type: ignore[arg-type]
+        overlay._peers.close()
+
+    with caplog.at_level(logging.INFO, logger="bridged.overlay"):
+        asyncio.run(dump())
+    assert sorted(str(dst) for _mac, dst in overlay.fdb) == ["192.0.2.12", "192.0.2.14"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "vxlan peer 192.0.2.13 up on vx4242 (learned from BGP EVPN)",
+        "vxlan peer 192.0.2.12 up on vx4242 (learned from BGP EVPN)",
+        "vxlan peer 192.0.2.13 gone on vx4242 (withdrawn by BGP EVPN)",
+        "vxlan peer 192.0.2.14 up on vx4242 (learned from BGP EVPN)",
+    ]
+    assert [r.learned for r in overlay.remotes()] == [True, True]

@@ -165,6 +165,11 @@ class FdbMonitor:
             self._sock.close()
             self._sock = None
 
+    def drain(self) -> None:
+        """Deliver now whatever the kernel has queued (a reader that just finished a
+        dump wants every event sent before the dump's end)."""
+        self._readable()
+
     def _readable(self) -> None:
         while self._sock is not None:
             try:
