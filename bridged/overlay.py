@@ -234,6 +234,16 @@ class Overlay:
         """Make or adopt the device, before the daemon says it is ready. A problem (a
         foreign device, an underlay too small) degrades the overlay, never the start."""
         self._bridge.on_change.append(self._bridge_changed)
+        for link in self._links:
+            # Made by bridged for a configuration that is gone (another VNI, no [vxlan]
+            # any more) while it was stopped: nobody else would ever remove it.
+            if link.kind == "vxlan" and is_marked(link) and (
+                    self.config is None or link.name != self.config.device_name):
+                try:
+                    await self._remove_device(link.name, "left from an earlier configuration")
+                except KernelError as e:
+                    log.warning("cannot remove %s: %s", link.name, e,
+                                extra={"INTERFACE": link.name, "BRIDGED_EVENT": "vxlan-failed"})
         if self.config is not None:
             self._monitor.start()  # before the first FDB dump: no event falls between
             await self._reconcile_logged()

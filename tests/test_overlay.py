@@ -249,6 +249,21 @@ def test_reload_changes_the_device_in_place_or_anew_and_removes_it_with_its_sect
     assert host.ns.link(DEVICE) is None and host.ns.link("br0") is None
 
 
+def test_a_restart_with_another_vni_removes_the_device_bridged_left(one_host: Host,
+                                                                   daemons: list[Daemon]):
+    host = one_host
+    daemon = start(daemons, host, host.config())
+    assert kept(host) and daemon.stop() == 0
+    assert host.ns.link(DEVICE) is not None  # left in place by the stop, as it should be
+    daemon.write_config(host.config().replace(f"vni = {VNI}", "vni = 4243"))
+    mark = daemon.notify.mark()
+    daemon.start(wait_ready=False)
+    daemon.notify.wait("READY=1", since=mark)
+    assert host.ns.link(DEVICE) is None
+    assert (host.ns.link("vx4243") or {}).get("master") == "br0"
+    assert "vxlan device vx4242 removed (left from an earlier configuration)" in daemon.log()
+
+
 def test_a_device_of_that_name_bridged_did_not_make_is_refused(one_host: Host,
                                                                daemons: list[Daemon]):
     host = one_host
