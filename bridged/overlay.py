@@ -172,6 +172,7 @@ class Overlay:
         self.problem: str | None = None
         self._device_problem: str | None = None  # foreign device, or the kernel refused
         self._said: str | None = None  # the problem last logged
+        self._resay = False  # log the problem again even if unchanged (after a reload)
         self._work = _Work()
         self._learning_set: tuple[int, bool] | None = None  # (index, evpn) it was set for
         self._deleting: int | None = None  # the index we delete ourselves
@@ -284,7 +285,7 @@ class Overlay:
                 # is indistinguishable from one zebra made for the same VTEP.
                 self._work.recreate = f"vxlan.control changed to {config.control or 'peers'}"
         self._work.device = True
-        self._said = None  # a problem that stays is said again at every reload
+        self._resay = True  # a problem that stays is said again at every reload
         self._wake()
 
     async def settled(self) -> None:
@@ -655,13 +656,14 @@ class Overlay:
         changed = problem != self.problem
         self.problem = problem
         name = self._name or ""
-        if problem is not None and problem != self._said:
+        if problem is not None and (problem != self._said or self._resay):
             log.error("overlay %s degraded: %s", name, problem,
                       extra={"INTERFACE": name, "BRIDGED_EVENT": "vxlan-degraded"})
         elif problem is None and self._said is not None:
             log.info("overlay %s works again", name,
                      extra={"INTERFACE": name, "BRIDGED_EVENT": "vxlan-ok"})
         self._said = problem
+        self._resay = False
         if changed:
             self._notify()
 

@@ -308,6 +308,8 @@ def test_bridge_mtu_must_fit_the_underlay(daemons: list[Daemon]):
         daemon.notify.wait("READY=1", since=mark)
         wait_for(lambda: kept(host) and device(host)["mtu"] == 1450, what="MTU 1450")
         wait_status(daemon, "overlay vx4242 (VNI 4242)")
+        wait_for(lambda: "info: overlay vx4242 works again" in daemon.log(),
+                 what="the journal told the overlay works again")
         # A smaller underlay later on is noticed by its own event.
         host.ns.ip("link", "set", "und0", "mtu", "1480")
         wait_status(daemon, "leaves 1430, below br0's MTU 1450")
