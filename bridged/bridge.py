@@ -71,8 +71,8 @@ class BridgeManager:
         self._bridge_dirty = False
         self._addresses_lost = False
         self._uplinks_to_clear: set[int] = set()
-        # Tells bridged's own taps from other ports (the tap registry answers).
-        self.is_tap: Callable[[Link], bool] = lambda link: False
+        # Tells bridged's own ports (its taps, its VXLAN port) from foreign ones.
+        self.is_own_port: Callable[[Link], bool] = lambda link: False
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         # index -> master it had when enslaving failed; retried once that changes.
@@ -123,9 +123,10 @@ class BridgeManager:
         return out
 
     def foreign_ports(self) -> list[Link]:
-        """Ports that are neither uplinks nor bridged's taps: another tool put them there."""
+        """Ports that are neither uplinks nor bridged's own (taps, the VXLAN port): another
+        tool put them there."""
         return [p for p in self.ports()
-                if p.index not in self._uplink_indexes and not self.is_tap(p)]
+                if p.index not in self._uplink_indexes and not self.is_own_port(p)]
 
     def watches_addresses_of(self, index: int) -> bool:
         if index == self.index:
@@ -242,7 +243,7 @@ class BridgeManager:
         elif self.bridge is not None and (
                 (old is not None and old.master == self.bridge.index) !=
                 (new.master == self.bridge.index)):
-            if new.master == self.bridge.index and not self.is_tap(new):
+            if new.master == self.bridge.index and not self.is_own_port(new):
                 log.warning("%s joined %s but is neither an uplink nor a bridged tap: another "
                             "tool put it there (a foreign port; bridged leaves it alone)",
                             new.name, self.bridge.name,

@@ -73,6 +73,8 @@ async def gather_status(client: Client) -> dict[str, Any]:
                    if TAP in ifaces), key=lambda t: (len(t["name"]), t["name"]))
     tap_names = {t["name"] for t in taps}
     foreign = bridge.get("ForeignPorts", [])
+    overlay = overlay_record(bridge)
+    vxlan = {overlay["device"]} if overlay is not None else set()
     return {
         "version": manager["Version"], "state": manager["State"],
         "status": manager.get("StatusText", ""),
@@ -83,8 +85,9 @@ async def gather_status(client: Client) -> dict[str, Any]:
                    "leases": bridge.get("Leases", {})},
         "uplinks": {"configured": bridge.get("Uplinks", []),
                     "enslaved": [p for p in bridge.get("Ports", [])
-                                 if p not in tap_names and p not in foreign]},
+                                 if p not in tap_names and p not in foreign and p not in vxlan]},
         "foreign_ports": foreign,
+        "overlay": overlay,
         "taps": taps,
     }
 
@@ -92,6 +95,48 @@ async def gather_status(client: Client) -> dict[str, Any]:
 def with_lease(address: str, leases: dict[str, int]) -> str:
     left = leases.get(address)
     return address if left is None else f"{address} (lease, {left} s left)"
+
+
+def overlay_record(bridge: dict[str, Any]) -> dict[str, Any] | None:
+    """The overlay as the Bridge object shows it; None without [vxlan] (or from a daemon
+    older than the overlay)."""
+    if not bridge.get("VNI"):
+        return None
+    remotes = [{"address": address, "configured": configured, "flood": flood,
+                "fdb_entries": entries, "remote_macs": macs}
+               for address, configured, flood, entries, macs in bridge.get("VxlanRemotes", [])]
+    return {"device": bridge.get("VxlanDevice", ""), "vni": bridge["VNI"],
+            "local": bridge.get("VxlanLocal", ""), "control": bridge.get("VxlanControl", ""),
+            "underlay": bridge.get("VxlanUnderlay", ""),
+            "problem": bridge.get("VxlanProblem", ""),
+            "peers_configured": bridge.get("VxlanPeers", []),
+            "peers_learned": bridge.get("VxlanLearnedPeers", []),
+            "remotes": remotes}
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def render_overlay(overlay: dict[str, Any]) -> list[str]:
+    control = "BGP EVPN (FRR)" if overlay["control"] == "evpn" else "static peers"
+    underlay = f" via {overlay['underlay']}" if overlay["underlay"] else ""
+    lines = [f"      Overlay: {overlay['device']}, VNI {overlay['vni']}, local "
+             f"{overlay['local']}{underlay}, {control}"]
+    if overlay["problem"]:
+        lines.append(f"      Problem: {overlay['problem']}")
+    peers = []
+    for r in overlay["remotes"]:
+        origin = "configured" if r["configured"] else "learned" if r["flood"] else "FDB only"
+        details = [origin, _count(r["fdb_entries"], "FDB entry", "FDB entries")]
+        if r["remote_macs"]:
+            details.append(_count(r["remote_macs"], "remote MAC", "remote MACs"))
+        if r["configured"] and not r["flood"]:
+            details.append("no flood entry yet")
+        peers.append(f"{r['address']} ({', '.join(details)})")
+    lines.append(f"        Peers: {peers[0] if peers else '-'}")
+    lines += [f"               {peer}" for peer in peers[1:]]
+    return lines
 
 
 def render_status(status: dict[str, Any]) -> str:
@@ -108,6 +153,7 @@ def render_status(status: dict[str, Any]) -> str:
         f"      Uplinks: {enslaved}; configured: {', '.join(up['configured']) or 'none'}",
         *([f"Foreign ports: {', '.join(status['foreign_ports'])} (not bridged's: another "
            "tool put them on the bridge)"] if status["foreign_ports"] else []),
+        *(render_overlay(status["overlay"]) if status.get("overlay") else []),
         f"         Taps: {len(status['taps'])}",
     ]
     if status["taps"]:

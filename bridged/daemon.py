@@ -28,11 +28,12 @@ from bridged.config import DEFAULT_PATH, Config, check_reload, load
 from bridged.errors import BridgeUnavailable, ConfigError
 from bridged.guards import Guards, GuardsUnavailable
 from bridged.ipconfig import IPManager
-from bridged.kernel.events import LinkMonitor
+from bridged.kernel.events import AddressEvent, LinkMonitor
 from bridged.kernel.linktable import LinkTable
 from bridged.kernel.netlink import KernelError, Netlink
 from bridged.managers import ClaimedNames, ClaimPaths, ManagerClaims
 from bridged.notify import Notifier
+from bridged.overlay import Overlay
 from bridged.resolved import set_link_dns
 from bridged.taps import TapRegistry
 
@@ -61,12 +62,14 @@ class Daemon:
         self.guards = Guards(self.netlink, self.reaper, config.taps.guard)
         self.taps = TapRegistry(config.taps, self.bridge, self.authorizer, self.netlink,
                                 self.reaper, self.links, self.guards)
+        # The VXLAN port, beside the bridge manager rather than inside it.
+        self.overlay = Overlay(config.vxlan, self.bridge, self.netlink, self.links)
         self.links.subscribe(self.bridge.link_changed)
         self.links.subscribe(self.taps.link_changed)
-        self.bridge.is_tap = self.taps.owns
-        self.monitor = LinkMonitor(self.links.event, self._events_lost,
-                                   self.bridge.handle_address_event,
-                                   self.bridge.watches_addresses_of)
+        self.links.subscribe(self.overlay.link_changed)
+        self.bridge.is_own_port = lambda link: self.taps.owns(link) or self.overlay.owns(link)
+        self.monitor = LinkMonitor(self.links.event, self._events_lost, self._address_event,
+                                   self._watches_addresses_of)
         self.service: BusService | None = None
         self._stop = asyncio.Event()
         self._reloading: asyncio.Task[None] | None = None
@@ -92,6 +95,15 @@ class Daemon:
     def _events_lost(self) -> None:
         self.links.overrun()
         self.bridge.addresses_lost()
+        self.overlay.reload_underlay()
+
+    def _watches_addresses_of(self, index: int) -> bool:
+        return self.bridge.watches_addresses_of(index) or \
+            self.overlay.watches_addresses_of(index)
+
+    def _address_event(self, event: AddressEvent) -> None:
+        self.bridge.handle_address_event(event)
+        self.overlay.address_event(event)
 
     async def _polkit_allows(self, sender: str, action: str) -> bool:
         return self.service is not None and await self.service.polkit_allows(sender, action)
@@ -99,11 +111,17 @@ class Daemon:
     def state(self) -> str:
         if self.rolled_back is not None and not self.bridge.held_not_tried:
             return "rolled-back"
-        return self.bridge.state.value
+        state = self.bridge.state
+        if state == State.READY and self.overlay.problem is not None:
+            return State.DEGRADED.value
+        return state.value
 
     def status_line(self) -> str:
         count = len(self.taps.taps)
         line = f"{self.bridge.status_line()}, {count} tap{'' if count == 1 else 's'}"
+        overlay = self.overlay.status_line()
+        if overlay is not None:
+            line += f", {overlay}"
         if self.rolled_back is not None and self.bridge.rolled_back is None:
             line += f"; reload rolled back: {self.rolled_back}"
         return line
@@ -130,7 +148,7 @@ class Daemon:
         if not self.args.no_bus:
             self.service = BusService(bus_address_from_env(self.args.bus_address),
                                       self.bridge, self.taps, self.state, self.retry,
-                                      self.status_line)
+                                      self.status_line, self.overlay)
             try:
                 await self.service.connect()
             except (OSError, ValueError, DBusError) as e:
@@ -172,6 +190,7 @@ class Daemon:
             if not await self._move_verified("start"):
                 await self._roll_back_move()
         self.bridge.on_moved.append(self._moved)
+        await self.overlay.start()
         self.taps.adopt()
         try:
             await self.guards.start()
@@ -185,6 +204,7 @@ class Daemon:
             self.taps.on_changed.append(self.service.tap_changed)
             self.bridge.on_change.append(self.service.properties_changed)
             self.bridge.on_uplink_changed.append(self.service.uplink_changed)
+            self.overlay.on_change.append(self.service.properties_changed)
             try:
                 await self.service.serve()
             except (OSError, NameTaken, DBusError) as e:
@@ -198,6 +218,7 @@ class Daemon:
             self.bridge.on_uplink_changed.append(self._uplink_claimed)
         await self._apply_dns()
         self.bridge.on_change.append(self._status_changed)
+        self.overlay.on_change.append(self._status_changed)
         self.taps.on_added.append(lambda _tap: self._status_changed())
         self.taps.on_removed.append(lambda _tap: self._status_changed())
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -214,6 +235,8 @@ class Daemon:
         self.notifier.stop_watchdog()
         if self._reloading is not None:
             await self._reloading
+        # The overlay first: the bridge's teardown takes its port off, which is no news.
+        await self.overlay.stop(self.config.bridge.teardown_on_stop)
         await self.bridge.stop()
         await self.taps.stop()
         # The guards' table stays: the taps stay, and so must what guards them.
@@ -284,6 +307,7 @@ class Daemon:
         try:
             await self._apply(new)
             await self.bridge.settled()
+            await self.overlay.settled()
         except Exception as e:
             log.error("applying %s failed (%s); putting the previous configuration back",
                       new.path, e, exc_info=not isinstance(e, (KernelError, BridgeUnavailable)),
@@ -309,6 +333,7 @@ class Daemon:
         try:
             await self._apply(old)
             await self.bridge.settled()
+            await self.overlay.settled()
         except Exception:
             log.exception("restoring the previous configuration failed",
                           extra={"BRIDGED_EVENT": "reload-restore-failed"})
@@ -415,6 +440,7 @@ class Daemon:
         if self.claims is not None:
             await self.claims.conflicts(config)
             await self.claims.claim(self._claimed_names())
+        await self.overlay.reload(config.vxlan)
         await self._apply_dns()
 
     # --- other network managers: told which links are bridged's ------------------------
@@ -444,6 +470,8 @@ class Daemon:
                             and self.bridge.rolled_back is None))
             if tap or uplink:
                 names.append(link.name)
+        if config.vxlan is not None:  # the overlay's port is bridged's as much as a tap
+            names.append(config.vxlan.device_name)
         bridge = None if self.leasing or self._will_lease() else config.bridge.name
         return ClaimedNames(bridge, config.bridge.uplinks if uplinks else (), prefix,
                             tuple(dict.fromkeys(names)))

@@ -1,6 +1,6 @@
 """Runtime udev rules that tell other network managers which links are bridged's.
 
-The bridge, uplink and tap names live in bridged.toml, so a static rules file cannot
+The bridge, uplink, tap and VXLAN port names live in bridged.toml, so a static rules file cannot
 name them: bridged writes this one (to /run, gone at reboot) at start and on reload.
 It sets ID_NET_MANAGED_BY (systemd-networkd >= 255 leaves such links alone) and
 NM_UNMANAGED (NetworkManager does), so two managers never fight over a link. udev
@@ -25,6 +25,8 @@ def render(config: Config) -> str:
     for pattern in config.bridge.uplinks:
         mac = pattern.mac
         matches.append(f'ATTR{{address}}=="{mac}"' if mac else f'KERNEL=="{pattern.text}"')
+    if config.vxlan is not None:
+        matches.append(f'KERNEL=="{config.vxlan.device_name}"')
     # Only tun/tap devices with our prefix: tun_flags exists for those alone.
     matches.append(f'KERNEL=="{config.taps.prefix}*", ATTR{{tun_flags}}=="?*"')
     lines = [f"# Written by bridged from {config.path}; do not edit (see bridged(8)).",

@@ -106,14 +106,17 @@ def _setns(fd: int) -> None:
 class Lab:
     """host namespace (bridged's) + lan namespace, joined by veth eth0 <-> lan0."""
 
-    def __init__(self) -> None:
+    def __init__(self, lan_v4: str = LAN_V4, lan_v6: str = LAN_V6) -> None:
+        """``lan_v4``/``lan_v6``: the LAN peer's addresses (several labs joined into one
+        segment, as the overlay tests do, need distinct ones)."""
         self.host = NetNS("bridged-host")
         self.lan = NetNS("bridged-lan")
         self.lan_index = 0
+        self.lan_v4, self.lan_v6 = lan_v4, lan_v6
         self.lan.ip("link", "add", "lanbr", "type", "bridge")
         self.lan.ip("link", "set", "lanbr", "up")
-        self.lan.ip("addr", "add", f"{LAN_V4}/24", "dev", "lanbr")
-        self.lan.ip("addr", "add", f"{LAN_V6}/64", "dev", "lanbr", "nodad")
+        self.lan.ip("addr", "add", f"{lan_v4}/24", "dev", "lanbr")
+        self.lan.ip("addr", "add", f"{lan_v6}/64", "dev", "lanbr", "nodad")
         self.plug_uplink()
 
     def plug_uplink(self, name: str = "eth0", mac: str | None = None) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from tests.buslab import MEMBER, PrivateBus, ensure_users
 from tests.dhcplab import NETWORKD, POOL, DHCPServer, Networkd, networkd_bus
-from tests.lab import LAN_V4, Daemon, Lab, wait_for
+from tests.lab import HOST_V4, LAN_V4, Daemon, Lab, wait_for
 
 pytestmark = [
     pytest.mark.root,
@@ -235,3 +235,29 @@ def test_a_guest_leases_its_own_address_and_reaches_the_host(
     assert run.ok, run.transcript()
     # Its own lease from the same server, not the host's.
     assert run.address != host_ip and run.address.startswith("198.51.100.1")
+
+
+def test_migrate_keeps_lifetimes_and_route_attributes(lab: Lab, dhcp_host: Callable[..., DhcpHost],
+        daemon_factory: Callable[..., Daemon]):
+    # What a DHCP client leaves on eth0: a leased address and routes with attributes.
+    lab.host.ip("addr", "add", f"{HOST_V4}/24", "dev", "eth0", "valid_lft", "300",
+                "preferred_lft", "200")
+    lab.host.ip("route", "add", "default", "via", LAN_V4, "dev", "eth0", "metric", "100")
+    lab.host.ip("route", "add", "203.0.113.0/24", "via", LAN_V4, "dev", "eth0", "mtu", "1400",
+                "advmss", "1300", "src", HOST_V4, "onlink")
+    h = dhcp_host(leased_eth0=False)  # networkd runs, but eth0's lease is not its own
+    config = DHCP_CONFIG.replace('mode = "dhcp"', 'mode = "migrate"')
+    daemon_factory(config, extra_args=h.args()).start()
+    assert lab.host.link("eth0")["master"] == "br0"
+    [address] = [a for a in json.loads(lab.host.ip("-j", "addr", "show", "dev", "br0").stdout)
+                 [0]["addr_info"] if a["family"] == "inet" and a["local"] == HOST_V4]
+    assert address["local"] == HOST_V4
+    assert 280 <= address["valid_life_time"] <= 300, "a lease keeps running out, not frozen"
+    assert 180 <= address["preferred_life_time"] <= 200
+    routes = {r["dst"]: r for r in lab.host.routes()}
+    assert routes["default"]["dev"] == "br0" and routes["default"]["metric"] == 100
+    moved = routes["203.0.113.0/24"]
+    assert moved["dev"] == "br0" and moved["prefsrc"] == HOST_V4 and "onlink" in moved["flags"]
+    assert moved["metrics"] == [{"mtu": 1400, "advmss": 1300}]
+    assert lab.host.addresses("eth0") == set()
+    assert lab.lan.ping(HOST_V4) and lab.host.ping(LAN_V4)

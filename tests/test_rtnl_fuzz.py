@@ -26,9 +26,12 @@ from bridged.kernel.rtnl import (
     address_index,
     decode_address,
     decode_error,
+    decode_fdb,
     decode_link,
     decode_route,
+    decode_vxlan,
     messages,
+    neigh_header,
 )
 from tests.test_rtnl_unit import PORT, ScriptedSocket, done, recorded
 
@@ -40,21 +43,24 @@ DECODERS: dict[int, Callable[[bytes, int, int], Any]] = {
     rtnl.RTM_NEWADDR: decode_address, rtnl.RTM_DELADDR: decode_address,
     rtnl.RTM_NEWROUTE: decode_route, rtnl.RTM_DELROUTE: decode_route,
     rtnl.NLMSG_ERROR: decode_error, rtnl.NLMSG_DONE: decode_error,
+    rtnl.RTM_NEWNEIGH: decode_fdb, rtnl.RTM_DELNEIGH: decode_fdb,
 }
-EVERY_DECODER = (decode_link, decode_address, decode_route, decode_error)
+EVERY_DECODER = (decode_link, decode_address, decode_route, decode_error, decode_fdb,
+                 decode_vxlan)
 BOUNDARIES = (0, 1, 2, 3, 4, 5, 7, 8, 15, 16, 17, 0x7FFF, 0x8000, 0xFFFF)
 
 
 def corpus() -> list[bytes]:
     return [m for name in ("links.bin", "bridge-ports.bin", "addresses.bin", "routes.bin",
-                           "errors.bin") for m in recorded(name)]
+                           "errors.bin", "fdb.bin") for m in recorded(name)]
 
 
 def length_fields(message: bytes) -> list[int]:
     """Offsets of the message's length and of every attribute's, nested ones too (any
     payload that parses cleanly as attributes is taken for nested ones)."""
     fixed = {rtnl.RTM_NEWLINK: rtnl.IFINFOMSG.size, rtnl.RTM_NEWADDR: rtnl.IFADDRMSG.size,
-             rtnl.RTM_NEWROUTE: rtnl.RTMSG.size}.get(NLMSGHDR.unpack_from(message)[1])
+             rtnl.RTM_NEWROUTE: rtnl.RTMSG.size,
+             rtnl.RTM_NEWNEIGH: rtnl.NDMSG.size}.get(NLMSGHDR.unpack_from(message)[1])
     found = [0]
     if fixed is None:
         return found
@@ -127,6 +133,12 @@ def decode_all(data: bytes) -> None:
         if kind in (rtnl.RTM_NEWADDR, rtnl.RTM_DELADDR):
             with contextlib.suppress(DecodeError):
                 address_index(data, offset)
+        if kind in (rtnl.RTM_NEWNEIGH, rtnl.RTM_DELNEIGH):
+            with contextlib.suppress(DecodeError):
+                neigh_header(data, offset)
+        if kind in (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK):
+            with contextlib.suppress(DecodeError):
+                decode_vxlan(data, offset, length)
     for decoder in EVERY_DECODER:
         with contextlib.suppress(DecodeError):
             decoder(data, 0, len(data))
@@ -170,7 +182,8 @@ def test_request_loop_raises_nothing_but_decode_or_kernel_errors() -> None:
 
         # Enough answers for every retry of an inconsistent dump of links or routes.
         sock = RtnlSocket(ScriptedSocket(*[reply] * 2 * rtnl.DUMP_ATTEMPTS))  # type: ignore[arg-type]
-        call = rng.choice((sock.dump_links, lambda s=sock: s.routes(2)))
+        call = rng.choice((sock.dump_links, lambda s=sock: s.routes(2),
+                           lambda s=sock: s.fdb(3)))
         try:
             call()
         except (DecodeError, NetlinkError):

@@ -212,3 +212,34 @@ def test_dbus_activation_starts_a_stopped_daemon(system: tuple[SystemdContainer,
     assert reply.returncode == 0, reply.stderr
     assert len(json.loads(reply.stdout)["data"][0]) == 2  # the lingering taps, adopted again
     assert c.run("systemctl", "is-active", "bridged").stdout.strip() == "active"
+
+
+def test_the_sandboxed_daemon_keeps_the_vxlan_port(system: tuple[SystemdContainer, Lab]):
+    # As user _bridged with CAP_NET_ADMIN alone, under the unit's system call filter:
+    # the VXLAN port is made, marked, put on the bridge, kept, its flood list kept.
+    c, lab = system
+    peer = f"sdu{c.main_pid() % 1000}"
+    lab.lan.ip("link", "add", peer, "type", "veth", "peer", "name", "und0", "netns",
+               str(c.pid))
+    lab.lan.ip("link", "set", peer, "up")
+    c.run("ip", "link", "set", "und0", "mtu", "1600", "up")
+    c.run("ip", "addr", "add", "192.0.2.11/24", "dev", "und0")
+    c.write("/etc/bridged/bridged.toml",
+            CONFIG + '\n[vxlan]\nvni = 4242\nlocal = "192.0.2.11"\npeers = ["192.0.2.12"]\n')
+    c.run("systemctl", "reload", "bridged")
+
+    def kept() -> bool:
+        link = json.loads(c.run("ip", "-j", "-d", "link", "show", "vx4242",
+                                check=False).stdout or "[{}]")[0]
+        fdb = c.run("bridge", "fdb", "show", "dev", "vx4242", check=False).stdout
+        return link.get("master") == "br0" and link.get("ifalias") == "bridged:vxlan" and \
+            "00:00:00:00:00:00 dst 192.0.2.12 self permanent" in fdb
+
+    wait_for(kept, what="vx4242 made by the sandboxed daemon")
+    c.run("ip", "link", "del", "vx4242")
+    wait_for(kept, what="vx4242 made again")
+    status = c.run("systemctl", "status", "--no-pager", "bridged", check=False).stdout
+    assert "overlay vx4242 (VNI 4242) to 1 peer" in status, status
+    created = [e for e in journal(c) if e.get("BRIDGED_EVENT") == "vxlan-created"]
+    assert len(created) == 2 and created[0]["INTERFACE"] == "vx4242"
+    assert created[0]["BRIDGED_VNI"] == "4242"

@@ -17,8 +17,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from tests.lab import REPO, NetNS, sh
+from tests.lab import REPO, sh
 
 CACHE = Path(os.environ.get("BRIDGED_GUEST_CACHE", "/var/tmp/bridged-guest"))
 GUEST_IP = "198.51.100.3"
@@ -115,7 +116,11 @@ class GuestRun:
         return "\n".join(self.lines)
 
 
-def run_guest(command: list[str], lan: NetNS, timeout: float = 150) -> GuestRun:
+class Pinger(Protocol):
+    def ping(self, address: str, count: int = 1, timeout: int = 2) -> bool: ...
+
+
+def run_guest(command: list[str], lan: Pinger, timeout: float = 150) -> GuestRun:
     """Boot the guest with ``command``; ping it from the LAN when it is ready."""
     run = GuestRun()
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

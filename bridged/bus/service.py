@@ -30,6 +30,7 @@ from bridged.bridge import BridgeManager
 from bridged.bus import compat, spec
 from bridged.errors import AccessDenied, BridgedError
 from bridged.kernel import tun
+from bridged.overlay import Overlay
 from bridged.taps import Tap, TapRegistry, parse_options
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,10 @@ Handler = Callable[[Message, Caller], Awaitable[tuple[str, list[Any], list[int]]
 class BusService:
     def __init__(self, address: str | None, bridge: BridgeManager, taps: TapRegistry,
                  state: Callable[[], str], retry: Callable[[], Awaitable[None]],
-                 status_text: Callable[[], str]) -> None:
+                 status_text: Callable[[], str], overlay: Overlay) -> None:
         self._address = address
         self._bridge = bridge
+        self._overlay = overlay
         self._taps = taps
         self._state = state
         self._status_text = status_text
@@ -387,6 +389,32 @@ class BusService:
             # Seconds left of each lease: it changes every second, so it is read, not
             # announced (PropertiesChanged leaves it out).
             "Leases": ("a{su}", bridge.leases),
+            **self._overlay_properties(),
+        }
+
+    def _overlay_properties(self) -> dict[str, tuple[str, Callable[[], Any]]]:
+        overlay = self._overlay
+
+        def vxlan(read: Callable[[Any], Any], absent: Any) -> Callable[[], Any]:
+            return lambda: read(overlay.config) if overlay.config is not None else absent
+
+        def underlay() -> str:
+            link = overlay.underlay_link() if overlay.config is not None else None
+            return link.name if link is not None else ""
+
+        return {
+            "VNI": ("u", vxlan(lambda c: c.vni, 0)),
+            "VxlanDevice": ("s", vxlan(lambda c: c.device_name, "")),
+            "VxlanLocal": ("s", vxlan(lambda c: str(c.local), "")),
+            "VxlanControl": ("s", vxlan(lambda c: c.control or "static", "")),
+            "VxlanUnderlay": ("s", underlay),
+            "VxlanPeers": ("as", vxlan(lambda c: [str(p) for p in c.peers], [])),
+            "VxlanLearnedPeers": ("as", lambda: [str(r.address) for r in overlay.remotes()
+                                                 if r.learned]),
+            "VxlanRemotes": ("a(sbbuu)", lambda: [
+                [str(r.address), r.configured, r.flood, r.entries, r.macs]
+                for r in overlay.remotes()]),
+            "VxlanProblem": ("s", lambda: overlay.problem or ""),
         }
 
     @staticmethod

@@ -119,7 +119,14 @@ BRIDGE = Interface(
                 Property("MTU", "u"), Property("STP", "b"), Property("ForwardDelay", "u"),
                 Property("OperState", "s"), Property("Uplinks", "as"), Property("Ports", "as"),
                 Property("ForeignPorts", "as"), Property("Addresses", "as"),
-                Property("Leases", "a{su}", emits_change=False)),
+                Property("Leases", "a{su}", emits_change=False),
+
+                # The overlay ([vxlan]); VNI 0 and empty values without one.
+                Property("VNI", "u"), Property("VxlanDevice", "s"), Property("VxlanLocal", "s"),
+                Property("VxlanControl", "s"), Property("VxlanUnderlay", "s"),
+                Property("VxlanPeers", "as"), Property("VxlanLearnedPeers", "as"),
+                # (address, configured, flood entry, FDB entries, remote MACs from EVPN)
+                Property("VxlanRemotes", "a(sbbuu)"), Property("VxlanProblem", "s")),
     signals=(Signal("UplinkChanged", (Arg("ifname", "s"), Arg("state", "s"))),),
 )
 

@@ -1,6 +1,6 @@
-"""Link events from rtnetlink, delivered on the asyncio loop.
+"""Link, address and FDB events from rtnetlink, delivered on the asyncio loop.
 
-A plain AF_NETLINK socket joined to RTMGRP_LINK, read with ``loop.add_reader``: no
+Plain AF_NETLINK sockets joined to multicast groups, read with ``loop.add_reader``: no
 thread and no polling. Messages are decoded by ``rtnl``, which reads only what the
 daemon uses.
 """
@@ -14,16 +14,21 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bridged.kernel.netlink import Address, Link
+from bridged.kernel.netlink import Address, FdbEntry, Link
 from bridged.kernel.rtnl import (
+    AF_BRIDGE,
     RTM_DELADDR,
     RTM_DELLINK,
+    RTM_DELNEIGH,
     RTM_NEWADDR,
     RTM_NEWLINK,
+    RTM_NEWNEIGH,
     address_index,
     decode_address,
+    decode_fdb,
     decode_link,
     messages,
+    neigh_header,
 )
 
 log = logging.getLogger(__name__)
@@ -31,6 +36,7 @@ log = logging.getLogger(__name__)
 RTMGRP_LINK = 0x1
 RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV6_IFADDR = 0x100
+RTMGRP_NEIGH = 0x4
 RCVBUF = 8 * 1024 * 1024
 
 
@@ -45,6 +51,28 @@ class AddressEvent:
     removed: bool
     index: int
     address: Address
+
+
+@dataclass(frozen=True)
+class FdbEvent:
+    removed: bool
+    entry: FdbEntry
+
+
+def _event_socket(groups: int) -> socket.socket:
+    sock = socket.socket(
+        socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+        socket.NETLINK_ROUTE,
+    )
+    # A burst (1000 taps freed at once, FRR installing a fleet's MACs) must not overflow
+    # the queue; SO_RCVBUFFORCE needs CAP_NET_ADMIN, which the daemon has, else fall
+    # back to what we may set.
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    sock.bind((0, groups))
+    return sock
 
 
 class LinkMonitor:
@@ -66,21 +94,10 @@ class LinkMonitor:
         self._sock: socket.socket | None = None
 
     def start(self) -> None:
-        sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-            socket.NETLINK_ROUTE,
-        )
-        # A burst (1000 taps freed at once) must not overflow the queue; SO_RCVBUFFORCE
-        # needs CAP_NET_ADMIN, which the daemon has, else fall back to what we may set.
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         groups = RTMGRP_LINK
         if self._on_address is not None:
             groups |= RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
-        sock.bind((0, groups))
-        self._sock = sock
+        sock = self._sock = _event_socket(groups)
         asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
 
     def stop(self) -> None:
@@ -120,6 +137,66 @@ class LinkMonitor:
                         self._on_address(AddressEvent(kind == RTM_DELADDR, *decoded))
             except Exception:
                 log.exception("handling netlink event (type %d) failed", kind)
+
+
+class FdbMonitor:
+    """Calls ``on_event`` for each change of an FDB entry in the own table (NTF_SELF) of
+    a device ``watches(index)`` names, ``on_overrun`` when events were lost.
+
+    The neighbour group also carries every ARP/NDP change and every MAC the bridge
+    learns or forgets on any port: those are told apart by their header alone.
+    """
+
+    def __init__(self, on_event: Callable[[FdbEvent], None], on_overrun: Callable[[], None],
+                 watches: Callable[[int], bool]) -> None:
+        self._on_event = on_event
+        self._on_overrun = on_overrun
+        self._watches = watches
+        self._sock: socket.socket | None = None
+
+    def start(self) -> None:
+        if self._sock is None:
+            self._sock = _event_socket(RTMGRP_NEIGH)
+            asyncio.get_running_loop().add_reader(self._sock.fileno(), self._readable)
+
+    def stop(self) -> None:
+        if self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+
+    def drain(self) -> None:
+        """Deliver now whatever the kernel has queued (a reader that just finished a
+        dump wants every event sent before the dump's end)."""
+        self._readable()
+
+    def _readable(self) -> None:
+        while self._sock is not None:
+            try:
+                data = self._sock.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    log.warning("netlink FDB event queue overran; reading the FDB again")
+                    self._on_overrun()
+                    continue
+                raise
+            self._dispatch(data)
+
+    def _dispatch(self, data: bytes) -> None:
+        for kind, _seq, offset, length in messages(data):
+            if kind not in (RTM_NEWNEIGH, RTM_DELNEIGH):
+                continue
+            try:
+                family, index = neigh_header(data, offset)
+                if family != AF_BRIDGE or not self._watches(index):
+                    continue
+                entry = decode_fdb(data, offset, length)
+                if entry is not None and entry.own:
+                    self._on_event(FdbEvent(kind == RTM_DELNEIGH, entry))
+            except Exception:
+                log.exception("handling netlink FDB event (type %d) failed", kind)
 
 
 def parse_events(data: bytes) -> list[LinkEvent]:

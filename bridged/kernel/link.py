@@ -1,4 +1,4 @@
-"""What the kernel layer reports: links, addresses, routes. Plain values."""
+"""What the kernel layer reports: links, addresses, routes, FDB entries. Plain values."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
 RTNH_F_ONLINK = 0x4
 INFINITY_LIFE_TIME = 0xFFFFFFFF  # an address lifetime that never runs out ("forever")
+# Neighbour (FDB) entry flags and states (linux/neighbour.h).
+NTF_SELF, NTF_MASTER, NTF_EXT_LEARNED = 0x02, 0x04, 0x10
+NUD_PERMANENT = 0x80
+# The MAC of a VXLAN flood entry: broadcast, multicast and unknown unicast go to its dst.
+ZERO_MAC = "00:00:00:00:00:00"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -121,3 +126,50 @@ class Route:
         hops = tuple(replace(hop, index=new) if hop.index == old else hop
                      for hop in self.multipath)
         return replace(self, oif=new if self.oif == old else self.oif, multipath=hops)
+
+
+@dataclass(frozen=True)
+class VxlanInfo:
+    """A VXLAN device's own settings (IFLA_INFO_DATA), as the kernel reports them."""
+
+    vni: int
+    local: IPAddress | None  # None: no source address set
+    port: int  # UDP destination port
+    learning: bool  # learns remote MACs from the packets it receives
+
+
+@dataclass(frozen=True)
+class FdbEntry:
+    """One forwarding database entry (an AF_BRIDGE neighbour).
+
+    In a VXLAN device's own table (``NTF_SELF``) ``dst`` is the remote VTEP the MAC is
+    behind; an all-zeros MAC is a flood entry (head-end replication to ``dst``). The
+    entry is the pair (mac, dst): one MAC may name several VTEPs (flood entries do).
+    """
+
+    index: int  # the device (the bridge port, for the bridge's own entries)
+    mac: str
+    dst: IPAddress | None = None
+    flags: int = 0  # NTF_*
+    state: int = 0  # NUD_*
+    vni: int | None = None  # NDA_VNI: only when it is not the device's own
+    port: int | None = None  # NDA_PORT: only when it is not the device's own
+    master: int | None = None  # NDA_MASTER: the bridge, for its entries
+
+    @property
+    def flood(self) -> bool:
+        return self.mac == ZERO_MAC
+
+    @property
+    def own(self) -> bool:
+        """In the device's own table (NTF_SELF), not the bridge's (NTF_MASTER)."""
+        return bool(self.flags & NTF_SELF)
+
+    @property
+    def extern_learn(self) -> bool:
+        """Installed by a control plane (FRR's zebra: a MAC BGP EVPN told of)."""
+        return bool(self.flags & NTF_EXT_LEARNED)
+
+    @property
+    def permanent(self) -> bool:
+        return bool(self.state & NUD_PERMANENT)

@@ -13,26 +13,27 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-import struct
 from collections.abc import Callable
 
+from bridged.kernel.link import NUD_PERMANENT
 from bridged.kernel.rtnl import (
+    NDA_DST,
+    NDMSG,
     NLM_F_CREATE,
     NLM_F_REPLACE,
     NLMSGHDR,
+    RTM_GETNEIGH,
+    RTM_NEWNEIGH,
     RtnlSocket,
     _attr,
     attributes,
     messages,
 )
 
-RTM_NEWNEIGH, RTM_GETNEIGH = 28, 30
 RTMGRP_NEIGH = 0x4
-NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
-NDA_DST = 1
 NTF_USE = 0x01
 NUD_INCOMPLETE, NUD_REACHABLE, NUD_FAILED = 0x01, 0x02, 0x20
-NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
+NUD_NOARP = 0x40
 # States that mean "the neighbour answered" (or needs no answer).
 ANSWERED = NUD_REACHABLE | NUD_NOARP | NUD_PERMANENT
 

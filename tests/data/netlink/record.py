@@ -10,7 +10,10 @@ writes next to itself:
   of a dump, as the kernel sent it (netlink messages back to back, 4-byte aligned);
 - ``errors.bin``: the kernel's refusals, acks and a failed dump's NLMSG_DONE, read from
   a socket with extended acks on (with and without NETLINK_CAP_ACK);
-- ``*.json``: what iproute2 (``ip -j``) showed of the same objects, a second oracle.
+- ``*.json``: what iproute2 (``ip -j``) showed of the same objects, a second oracle;
+- ``fdb.bin`` / ``fdb.json``: then, with VXLAN forwarding database entries added (flood
+  entries, an ``extern_learn`` MAC as FRR installs them, other ports and VNIs, an IPv6
+  VXLAN device), every AF_BRIDGE neighbour, and what bridge(8) showed of them.
 
 Re-running it replaces them all; lifetimes and ifindexes will differ, which the tests
 allow for since they compare each file with its own oracles.
@@ -103,6 +106,33 @@ def build() -> None:
        "nexthop", "via", "fe80::2", "dev", "vt1")
     ip("-6", "route", "add", "2001:db8:4::/48", "dev", "br0", "mtu", "1300", "hoplimit", "10")
     ip("-6", "route", "add", "default", "via", "fe80::1", "dev", "br0", "proto", "ra")
+
+
+def build_fdb() -> None:
+    """After the other recordings (which therefore do not show vx6)."""
+    ip("link", "add", "vx6", "type", "vxlan", "id", "43", "dstport", "4789",
+       "local", "2001:db8::1", "nolearning")
+    ip("link", "set", "vx0", "master", "br0")
+    for args in (
+            ("append", "00:00:00:00:00:00", "dev", "vx0", "dst", "192.0.2.5", "self",
+             "permanent"),
+            ("append", "00:00:00:00:00:00", "dev", "vx0", "dst", "192.0.2.6", "self",
+             "permanent"),
+            ("add", "02:00:00:00:05:01", "dev", "vx0", "dst", "192.0.2.5", "self",
+             "extern_learn"),
+            ("add", "02:00:00:00:05:02", "dev", "vx0", "dst", "192.0.2.6", "self",
+             "permanent", "port", "4790", "vni", "44"),
+            ("add", "02:00:00:00:05:03", "dev", "vx0", "master", "static"),
+            ("append", "00:00:00:00:00:00", "dev", "vx6", "dst", "2001:db8::5", "self",
+             "permanent")):
+        bridge("fdb", *args)
+
+
+def bridge(*args: str) -> str:
+    done = subprocess.run(["bridge", *args], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"bridge {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
 
 
 def wait_for_duplicate_detection() -> None:
@@ -216,6 +246,13 @@ def main() -> None:
         time.sleep(0.2)
     else:
         raise SystemExit("the namespace kept changing; nothing recorded")
+    build_fdb()
+    sock = rtnl.RtnlSocket()
+    files["fdb.bin"] = dump(sock, rtnl.RTM_GETNEIGH, rtnl.NDMSG.pack(rtnl.AF_BRIDGE, 0, 0, 0, 0))
+    sock.close()
+    oracles["fdb.json"] = {"fdb": json.loads(bridge("-j", "-d", "fdb", "show")),
+                           "ifindex": {link["ifname"]: link["ifindex"]
+                                       for link in json.loads(ip("-j", "link", "show"))}}
     for name, data in files.items():
         (HERE / name).write_bytes(data)
     for name, value in oracles.items():
