@@ -44,7 +44,7 @@ from bridged.errors import (
 from bridged.guards import Guards
 from bridged.kernel import tun
 from bridged.kernel.linktable import LinkTable
-from bridged.kernel.netlink import KernelError, Link, Netlink, TapSpec
+from bridged.kernel.netlink import CreatedTap, KernelError, Link, Netlink, TapSpec
 from bridged.kernel.nft import NftError
 
 log = logging.getLogger(__name__)
@@ -377,14 +377,15 @@ class TapRegistry:
             # The guards' table is rebuilt only between creations: this one's guards
             # must be in what a rebuild writes.
             async with self._guards.creating():
-                link, fds = await self._create_link(spec, caller)
+                created = await self._create_link(spec, caller)
+                fds = created.fds
                 self._reserved.pop(name, None)
                 gone = self._gone_while_creating
                 if not self._reserved:
                     self._gone_while_creating = set()
-                tap.index = link.index
-                tap.mtu = link.mtu
-                if link.index in gone:
+                tap.index = created.index
+                tap.mtu = created.mtu
+                if created.index in gone:
                     # Deleted by someone in the instant between its creation and now: its
                     # removal came before it could be registered, so it must not be
                     # registered at all (its guards go with it).
@@ -409,7 +410,7 @@ class TapRegistry:
                         "BRIDGED_EVENT": "tap-created" if persistent else "tap-opened"})
         return tap, fds
 
-    async def _create_link(self, spec: TapSpec, caller: Caller) -> tuple[Link, list[int]]:
+    async def _create_link(self, spec: TapSpec, caller: Caller) -> CreatedTap:
         try:
             return await self._netlink.create_tap(spec)
         except KernelError as e:
