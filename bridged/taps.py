@@ -252,6 +252,11 @@ class Reaper:
             self._worker = asyncio.get_running_loop().create_task(self._work())
         await future
 
+    async def close(self, fds: list[int]) -> None:
+        """Close fds that may be a tap's last: the kernel then unregisters it inside
+        close(), ~16 ms, which must not happen on the event loop."""
+        await self._netlink.run(_close_fds, fds)
+
     async def _work(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting, []
@@ -269,6 +274,10 @@ class Reaper:
                     future.set_result(None)
                 else:
                     future.set_exception(KernelError(error, f"delete link {index}"))
+
+
+def _close_fds(_sock: object, fds: list[int]) -> None:
+    tun.close_all(fds)
 
 
 class TapRegistry:
@@ -705,6 +714,13 @@ class TapRegistry:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def close_fds(self, fds: list[int]) -> None:
+        """Our copies of fds handed to a client, once the reply carrying them is out.
+        When the client closed its own first, ours is the tap's last: closed on the
+        reaper lane, not here (it blocks while the kernel unregisters the tap)."""
+        if fds:
+            self._spawn(self._reaper.close(list(fds)))
 
     def owns(self, link: Link) -> bool:
         """Is ``link`` one of bridged's taps (registered, or being created)?"""
