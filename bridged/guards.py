@@ -57,9 +57,9 @@ class GuardsUnavailable(Exception):
 class Guards:
     def __init__(self, netlink: Netlink, release_lane: Netlink, enabled: bool) -> None:
         # Guards go in on the lane that creates taps (before a tap is up), and so do
-        # rebuilds. Removal reads the drop counters, which costs libnftables a read of
-        # every set after a change (about 60 ms at 1000 taps): on the lane that deletes
-        # links, so creations do not wait for it. ``creating`` keeps rebuilds apart.
+        # rebuilds. Removal, which reads the drop counters, runs on the lane that
+        # deletes links, right after the deletes it follows. ``creating`` keeps
+        # rebuilds apart.
         self._netlink = netlink
         self._release_lane = release_lane
         self.enabled = enabled
@@ -73,6 +73,8 @@ class Guards:
         self._rebuilder: asyncio.Task[None] | None = None
         self._last_logged: dict[tuple[int, int], float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._releasing: list[tuple[Tap, asyncio.Future[None]]] = []
+        self._releaser: asyncio.Task[None] | None = None
         self.on_learned: list[Callable[[Tap], None]] = []
 
     # --- start and stop ----------------------------------------------------------------
@@ -153,29 +155,55 @@ class Guards:
             self._taps[tap.index] = tap
 
     async def release(self, tap: Tap) -> None:
-        """The tap's link is gone: its guards go, with a summary of what they did."""
+        """The tap's link is gone: its guards go, with a summary of what they did.
+
+        Releases that arrive together (VMs stopped together, a batch of deletes done)
+        go to the kernel together: one lane trip, one transaction."""
         if self._taps.get(tap.index) is not tap or not self.available:
             return
         # A sample of the tap's first frame may still wait in our socket.
         if self._monitor is not None:
             self._monitor.drain()
         del self._taps[tap.index]
-        mac_known = self._monitor is not None and self._monitor.samples
         for key in [k for k in self._last_logged if k[0] == tap.index]:
             del self._last_logged[key]
-        try:
-            async with self.creating():
-                dropped = await self._release_lane.run_nft(nft.unguard_port, tap.name,
-                                                           tap.mac or None, mac_known)
-        except nft.NftError as e:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._releasing.append((tap, done))
+        if self._releaser is None or self._releaser.done():
+            self._releaser = asyncio.get_running_loop().create_task(self._release_waiting())
+        await done
+
+    async def _release_waiting(self) -> None:
+        while self._releasing:
+            batch, self._releasing = self._releasing, []
+            ports = {tap.name: tap.mac or None for tap, _done in batch}
+            results: dict[str, dict[int, tuple[int, int]] | nft.NftError]
+            try:
+                async with self.creating():
+                    results = await self._release_lane.run_nft(nft.unguard_ports,
+                                                               list(ports.items()))
+            except nft.NftError as e:
+                results = {name: e for name in ports}
+            except Exception as e:  # the lane itself failed: every waiter hears why
+                for _tap, done in batch:
+                    if not done.done():
+                        done.set_exception(e)
+                continue
+            for tap, done in batch:
+                self._released(tap, results.get(tap.name, {}))
+                if not done.done():
+                    done.set_result(None)
+
+    def _released(self, tap: Tap, result: dict[int, tuple[int, int]] | nft.NftError) -> None:
+        if isinstance(result, nft.NftError):
             # The table does not hold what we think: write it again from what we know.
             log.warning("removing the guards of %s: %s; rebuilding the guards' table",
-                        tap.name, e, extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
-                                            "BRIDGED_EVENT": "guard-rebuild"})
+                        tap.name, result, extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
+                                                 "BRIDGED_EVENT": "guard-rebuild"})
             self.rebuild_soon()
             return
-        total = sum(packets for packets, _ in dropped.values())
-        detail = ", ".join(f"{nft.REASONS[r]} {p}" for r, (p, _) in sorted(dropped.items())
+        total = sum(packets for packets, _ in result.values())
+        detail = ", ".join(f"{nft.REASONS[r]} {p}" for r, (p, _) in sorted(result.items())
                            if p)
         log.info("tap %s: guards removed; %s", tap.name,
                  f"they dropped {total} frames ({detail})" if total else "nothing dropped",

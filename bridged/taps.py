@@ -44,7 +44,7 @@ from bridged.errors import (
 from bridged.guards import Guards
 from bridged.kernel import tun
 from bridged.kernel.linktable import LinkTable
-from bridged.kernel.netlink import KernelError, Link, Netlink, TapSpec
+from bridged.kernel.netlink import CreatedTap, KernelError, Link, Netlink, TapSpec
 from bridged.kernel.nft import NftError
 
 log = logging.getLogger(__name__)
@@ -252,6 +252,11 @@ class Reaper:
             self._worker = asyncio.get_running_loop().create_task(self._work())
         await future
 
+    async def close(self, fds: list[int]) -> None:
+        """Close fds that may be a tap's last: the kernel then unregisters it inside
+        close(), ~16 ms, which must not happen on the event loop."""
+        await self._netlink.run(_close_fds, fds)
+
     async def _work(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting, []
@@ -269,6 +274,10 @@ class Reaper:
                     future.set_result(None)
                 else:
                     future.set_exception(KernelError(error, f"delete link {index}"))
+
+
+def _close_fds(_sock: object, fds: list[int]) -> None:
+    tun.close_all(fds)
 
 
 class TapRegistry:
@@ -377,14 +386,15 @@ class TapRegistry:
             # The guards' table is rebuilt only between creations: this one's guards
             # must be in what a rebuild writes.
             async with self._guards.creating():
-                link, fds = await self._create_link(spec, caller)
+                created = await self._create_link(spec, caller)
+                fds = created.fds
                 self._reserved.pop(name, None)
                 gone = self._gone_while_creating
                 if not self._reserved:
                     self._gone_while_creating = set()
-                tap.index = link.index
-                tap.mtu = link.mtu
-                if link.index in gone:
+                tap.index = created.index
+                tap.mtu = created.mtu
+                if created.index in gone:
                     # Deleted by someone in the instant between its creation and now: its
                     # removal came before it could be registered, so it must not be
                     # registered at all (its guards go with it).
@@ -409,7 +419,7 @@ class TapRegistry:
                         "BRIDGED_EVENT": "tap-created" if persistent else "tap-opened"})
         return tap, fds
 
-    async def _create_link(self, spec: TapSpec, caller: Caller) -> tuple[Link, list[int]]:
+    async def _create_link(self, spec: TapSpec, caller: Caller) -> CreatedTap:
         try:
             return await self._netlink.create_tap(spec)
         except KernelError as e:
@@ -704,6 +714,13 @@ class TapRegistry:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def close_fds(self, fds: list[int]) -> None:
+        """Our copies of fds handed to a client, once the reply carrying them is out.
+        When the client closed its own first, ours is the tap's last: closed on the
+        reaper lane, not here (it blocks while the kernel unregisters the tap)."""
+        if fds:
+            self._spawn(self._reaper.close(list(fds)))
 
     def owns(self, link: Link) -> bool:
         """Is ``link`` one of bridged's taps (registered, or being created)?"""

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from bridged.kernel.events import AddressEvent, LinkEvent
-from bridged.kernel.netlink import AF_BRIDGE, Address, KernelError, Link, Route, TapSpec
+from bridged.kernel.netlink import AF_BRIDGE, Address, CreatedTap, KernelError, Link, Route, TapSpec
 
 T = TypeVar("T")
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -330,8 +330,8 @@ class FakeNetlink:
             return out
         return await self._request("delete_links", (tuple(indexes),), act)
 
-    async def create_tap(self, spec: TapSpec) -> tuple[Link, list[int]]:
-        def act() -> tuple[Link, list[int]]:
+    async def create_tap(self, spec: TapSpec) -> CreatedTap:
+        def act() -> CreatedTap:
             link = self.kernel.add(spec.name, "tun")
             try:
                 link = self.kernel.change(link.index, address=spec.mac, alias=spec.alias,
@@ -341,10 +341,10 @@ class FakeNetlink:
                 self.kernel.delete(link.index)  # the half-made tap goes
                 raise
             if spec.persistent_owner is not None:
-                return link, []
+                return CreatedTap(link.index, link.mtu, [])
             fds = [os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) for _ in range(spec.queues)]
             self.kernel.fds.extend(fds)
-            return link, fds
+            return CreatedTap(link.index, link.mtu, fds)
         return await self._request("create_tap", (spec,), act)
 
     async def bridge_vlan_filtering(self, index: int) -> bool:

@@ -83,18 +83,31 @@ def needs_string_fix() -> bool:
 
 def _prepared(value: Any) -> Any:
     """``value`` with every non-ASCII string prepared for the marshaller; the same
-    object when there is none (the usual case, and no allocation then)."""
+    object when there is none (the usual case, and no allocation then). Every message
+    the daemon sends passes here, so the walk copies a container only on the first
+    string that needs it."""
     kind = type(value)
     if kind is str:
         return value if value.isascii() else _FIX(value)
+    if kind is int or kind is bool:
+        return value
     if kind is list:
-        items = [_prepared(v) for v in value]
-        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+        copy = None
+        for position, item in enumerate(value):
+            prepared = _prepared(item)
+            if prepared is not item:
+                if copy is None:
+                    copy = list(value)
+                copy[position] = prepared
+        return value if copy is None else copy
     if kind is dict:
-        pairs = [(_prepared(k), _prepared(v)) for k, v in value.items()]
-        if all(k is a and v is b for (k, v), (a, b) in zip(pairs, value.items(), strict=True)):
-            return value
-        return dict(pairs)
+        changed = False
+        pairs = []
+        for key, item in value.items():
+            new_key, new_item = _prepared(key), _prepared(item)
+            changed = changed or new_key is not key or new_item is not item
+            pairs.append((new_key, new_item))
+        return dict(pairs) if changed else value
     if isinstance(value, Variant):
         inner = _prepared(value.value)
         return value if inner is value.value else Variant(value.signature, inner)

@@ -279,7 +279,9 @@ class BusService:
         except Exception as e:
             self._reply_error(msg, e)
         finally:
-            tun.close_all(fds)
+            # Not here: if the client already closed its copies, ours are the tap's
+            # last, and closing them blocks while the kernel unregisters it (~16 ms).
+            self._taps.close_fds(fds)
 
     def _reply(self, msg: Message, signature: str, body: list[Any],
                fds: list[int] | None = None) -> asyncio.Future[None] | None:

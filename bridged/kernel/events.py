@@ -11,6 +11,7 @@ import asyncio
 import errno
 import logging
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -76,9 +77,15 @@ def _event_socket(groups: int) -> socket.socket:
 
 
 class LinkMonitor:
-    """Calls ``on_event`` for each link event, ``on_address`` for each address event on
+    """Calls ``on_event`` for link events, ``on_address`` for each address event on
     an interface ``watches_addresses_of(index)`` says is of interest, ``on_overrun``
-    when events were lost."""
+    when events were lost.
+
+    Of the link events that arrive together (one read), a link's RTM_NEWLINK is passed
+    on only if no later RTM_NEWLINK of the same link follows before its removal: each
+    carries the link's whole state, so the last one is the news, and a tap's creation
+    brings half a dozen. The bridge's AF_BRIDGE port notices are not passed on at all
+    (nothing reads them: they are the bridge's view of a port, not the link)."""
 
     def __init__(
         self,
@@ -123,7 +130,11 @@ class LinkMonitor:
 
     def _dispatch(self, data: bytes) -> None:
         """One pass over a batch, in the kernel's order."""
-        for kind, _seq, offset, length in messages(data):
+        batch = messages(data)
+        superseded = _superseded(data, batch)
+        for position, (kind, _seq, offset, length) in enumerate(batch):
+            if position in superseded:
+                continue
             try:
                 if kind in (RTM_NEWLINK, RTM_DELLINK):
                     self._on_event(LinkEvent(kind == RTM_DELLINK,
@@ -197,6 +208,30 @@ class FdbMonitor:
                     self._on_event(FdbEvent(kind == RTM_DELNEIGH, entry))
             except Exception:
                 log.exception("handling netlink FDB event (type %d) failed", kind)
+
+def _superseded(data: bytes, batch: list[tuple[int, int, int, int]]) -> set[int]:
+    """Positions of the link messages in ``batch`` that need no decoding: AF_BRIDGE
+    port notices, and RTM_NEWLINKs followed by a newer one of the same link (with no
+    removal in between)."""
+    skip: set[int] = set()
+    latest: dict[int, int] = {}  # link index -> position of its last RTM_NEWLINK so far
+    for position, (kind, _seq, offset, length) in enumerate(batch):
+        if kind not in (RTM_NEWLINK, RTM_DELLINK) or length < 16 + IFINFO_HEAD.size:
+            continue
+        family, index = IFINFO_HEAD.unpack_from(data, offset + 16)
+        if family == AF_BRIDGE:
+            skip.add(position)
+        elif kind == RTM_DELLINK:
+            latest.pop(index, None)  # the news before a removal stays news
+        else:
+            earlier = latest.get(index)
+            if earlier is not None:
+                skip.add(earlier)
+            latest[index] = position
+    return skip
+
+
+IFINFO_HEAD = struct.Struct("=BxxxI")  # ifinfomsg: family, pad, type, then index
 
 
 def parse_events(data: bytes) -> list[LinkEvent]:

@@ -610,6 +610,24 @@ def _vxlan_data(vni: int, local: IPAddress, port: int, learning: bool) -> bytes:
                    _attr(local_attr, local.packed), _attr(IFLA_VXLAN_PORT, BE16.pack(port)),
                    _attr(IFLA_VXLAN_LEARNING, bytes([int(learning)])))
 
+def set_link_request(index: int, *, address: str | None = None, alias: str | None = None,
+                     master: int | None = None, mtu: int | None = None, up: bool | None = None,
+                     group: int | None = None) -> tuple[int, int, bytes]:
+    """The RTM_NEWLINK that changes what is given, as (type, flags, body)."""
+    attrs = b""
+    if group is not None:
+        attrs += _attr(IFLA_GROUP, U32.pack(group))
+    if address is not None:
+        attrs += _attr(IFLA_ADDRESS, bytes.fromhex(address.replace(":", "")))
+    if alias is not None:
+        attrs += _attr(IFLA_IFALIAS, alias.encode() + b"\0")
+    if master is not None:
+        attrs += _attr(IFLA_MASTER, U32.pack(master))
+    if mtu is not None:
+        attrs += _attr(IFLA_MTU, U32.pack(mtu))
+    flags, change = (0, 0) if up is None else (IFF_UP if up else 0, IFF_UP)
+    return RTM_NEWLINK, 0, _ifinfo(index, flags=flags, change=change) + attrs
+
 
 class RtnlSocket:
     """One rtnetlink socket for synchronous requests, used from one thread at a time.
@@ -671,6 +689,33 @@ class RtnlSocket:
     def change(self, msg_type: int, flags: int, body: bytes) -> None:
         self.request(msg_type, flags | NLM_F_ACK, body)
 
+    def changes(self, requests: list[tuple[int, int, bytes]]) -> list[NetlinkError | None]:
+        """Several requests in one send, each acknowledged on its own: an error (or
+        None) for each, in order. The kernel handles them one after the other, as if
+        sent one by one; what it saves is a round trip per request (and, on a lane
+        thread, a wait for the interpreter lock after each)."""
+        if not requests:
+            return []
+        seqs: dict[int, int] = {}
+        payload = b""
+        for position, (msg_type, flags, body) in enumerate(requests):
+            self._seq = self._seq % 0xFFFFFFFF + 1
+            seqs[self._seq] = position
+            message = NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type,
+                                    NLM_F_REQUEST | NLM_F_ACK | flags, self._seq, 0) + body
+            payload += message + bytes((4 - len(message) % 4) % 4)
+        self._sock.send(payload)
+        results: list[NetlinkError | None] = [None] * len(requests)
+        waiting = set(seqs)
+        while waiting:
+            data = self._receive(1 << 16)
+            for kind, _flags, got_seq, port, offset, length in _headers(data):
+                if port != self._port or got_seq not in waiting or kind != NLMSG_ERROR:
+                    continue
+                waiting.discard(got_seq)
+                results[seqs[got_seq]] = decode_error(data, offset, length)
+        return results
+
     def dump(self, msg_type: int, body: bytes) -> list[tuple[bytes, int, int]]:
         """Every message of a consistent dump, as (buffer, offset, length).
 
@@ -723,19 +768,8 @@ class RtnlSocket:
                  master: int | None = None, mtu: int | None = None,
                  up: bool | None = None, group: int | None = None) -> None:
         """One RTM_NEWLINK changing what is given (``master=0`` leaves the bridge)."""
-        attrs = b""
-        if group is not None:
-            attrs += _attr(IFLA_GROUP, U32.pack(group))
-        if address is not None:
-            attrs += _attr(IFLA_ADDRESS, bytes.fromhex(address.replace(":", "")))
-        if alias is not None:
-            attrs += _attr(IFLA_IFALIAS, alias.encode() + b"\0")
-        if master is not None:
-            attrs += _attr(IFLA_MASTER, U32.pack(master))
-        if mtu is not None:
-            attrs += _attr(IFLA_MTU, U32.pack(mtu))
-        flags, change = (0, 0) if up is None else (IFF_UP if up else 0, IFF_UP)
-        self.change(RTM_NEWLINK, 0, _ifinfo(index, flags=flags, change=change) + attrs)
+        self.change(*set_link_request(index, address=address, alias=alias, master=master,
+                                      mtu=mtu, up=up, group=group))
 
     def delete_link(self, index: int) -> None:
         self.change(RTM_DELLINK, 0, _ifinfo(index))
