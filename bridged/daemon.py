@@ -166,6 +166,8 @@ class Daemon:
             # once, and there would be nothing left to move).
             if self.config.ip.mode == "migrate":
                 self._uplink_has_leases = await self._uplinks_have_leases()
+            if self.claims is not None:
+                await self.claims.conflicts(self.config)  # named once, with their fixes
             await self._claim_links(uplinks=False)
             if self._will_lease():
                 # networkd takes the bridge before its addresses arrive: it then keeps
@@ -446,10 +448,8 @@ class Daemon:
     # --- other network managers: told which links are bridged's ------------------------
 
     async def _claim_links(self, uplinks: bool | None = None) -> None:
-        if self.claims is None:
-            return
-        await self.claims.conflicts(self.config)
-        await self.claims.claim(self._claimed_names(uplinks))
+        if self.claims is not None:
+            await self.claims.claim(self._claimed_names(uplinks))
 
     def _claimed_names(self, uplinks: bool | None = None) -> ClaimedNames:
         """The bridge (unless networkd leases its address), the uplinks and the taps,

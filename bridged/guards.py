@@ -65,6 +65,7 @@ class Guards:
         self.enabled = enabled
         self.available = False
         self._taps: dict[int, Tap] = {}  # index -> guarded tap whose link exists
+        self._in_release: set[str] = set()  # names whose guards are being removed
         self._monitor: NetfilterMonitor | None = None
         self._cond = asyncio.Condition()
         self._creating = 0
@@ -149,6 +150,12 @@ class Guards:
                 self._creating -= 1
                 self._cond.notify_all()
 
+    def holds(self, name: str) -> bool:
+        """Do guards keyed by ``name`` still exist (a tap of that name guarded, or its
+        guards being removed)? Then the name must not go to a new tap yet: guards are
+        keyed by name, and the old tap's removal would take the new tap's with them."""
+        return name in self._in_release or any(t.name == name for t in self._taps.values())
+
     def track(self, tap: Tap) -> None:
         """``tap`` exists and is guarded (created so, or adopted)."""
         if tap.guarded:
@@ -165,6 +172,7 @@ class Guards:
         if self._monitor is not None:
             self._monitor.drain()
         del self._taps[tap.index]
+        self._in_release.add(tap.name)
         for key in [k for k in self._last_logged if k[0] == tap.index]:
             del self._last_logged[key]
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -185,11 +193,14 @@ class Guards:
             except nft.NftError as e:
                 results = {name: e for name in ports}
             except Exception as e:  # the lane itself failed: every waiter hears why
-                for _tap, done in batch:
+                for tap, done in batch:
+                    self._in_release.discard(tap.name)
                     if not done.done():
                         done.set_exception(e)
+                self.rebuild_soon()  # what the table holds is unknown now
                 continue
             for tap, done in batch:
+                self._in_release.discard(tap.name)
                 self._released(tap, results.get(tap.name, {}))
                 if not done.done():
                     done.set_result(None)

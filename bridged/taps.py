@@ -452,7 +452,7 @@ class TapRegistry:
 
     def _taken(self, name: str) -> bool:
         return self._links.by_name(name) is not None or name in self._reserved or \
-            name in self.taps
+            name in self.taps or self._guards.holds(name)
 
     def _reserve_name(self, requested: str | None, uid: int) -> tuple[str, int | None]:
         """A name for a new tap, and where the bridge's mark must move first (or None).

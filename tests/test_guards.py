@@ -356,3 +356,27 @@ def test_guard_off_in_config(lab: Lab, bus: PrivateBus, daemon_factory: Callable
     guest.send(plain(OTHER_MAC, 1), router_advert(2))
     assert_only(capture, passed=[1, 2], dropped=[])
     assert table(lab) == {}  # nothing of the guards in the kernel
+
+
+def test_a_name_reused_at_once_keeps_its_guards(lab: Lab, bus: PrivateBus, daemon: Daemon):
+    """Guards are keyed by tap name: a tap closed and its name asked for again at once
+    must not lose its guards to the old tap's removal, still under way."""
+    made = 0
+    for _ in range(20):
+        wait_for(lambda: (lambda r: r if r.returncode == 0 else None)(
+            bus.manager("OpenTap", "a{sv}", "1", "name", "s", "tapreuse", user=MEMBER)),
+            what="the name free again")  # busctl exits at once: the fd closes
+        created = bus.manager("CreateTap", "a{sv}", "2", "name", "s", "tapreuse",
+                              "linger", "b", "true", user=MEMBER)
+        if created.returncode != 0:
+            # Refused while the old guards go: a name in use, said so.
+            assert "tapreuse already exists" in created.stderr, created.stderr
+            continue
+        made += 1
+        time.sleep(0.2)  # any removal of the old tap's guards is done by now
+        assert mentions(table(lab).get("guarded", []), "tapreuse"), table(lab)
+        released = bus.manager("ReleaseTap", "s", "tapreuse", user=MEMBER)
+        assert released.returncode == 0, released.stderr
+        wait_for(lambda: not mentions(table(lab).get("guarded", []), "tapreuse")
+                 and lab.host.link("tapreuse") is None, what="tap and guards gone")
+    assert made > 0

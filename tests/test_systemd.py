@@ -24,6 +24,7 @@ from tests.syslab import SystemdContainer, trixie_root
 
 pytestmark = [
     pytest.mark.root,
+    pytest.mark.container,
     pytest.mark.skipif(shutil.which("dpkg-buildpackage") is None,
                        reason="Debian build tools missing (scripts/install-deps)"),
 ]
