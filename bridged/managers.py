@@ -252,10 +252,9 @@ class ManagerClaims:
         if not await self._present(NETWORKD) and not await self._start_networkd():
             return ("systemd-networkd is not running and could not be started "
                     "(systemctl enable --now systemd-networkd)")
-        try:
-            await self._call(NETWORKD, NETWORKD_PATH, NETWORKD + ".Manager", "Reload")
-        except (ManagerError, OSError, EOFError) as e:
-            return f"systemd-networkd did not reload: {e}"
+        why = await self._reload_networkd()
+        if why is not None:
+            return f"systemd-networkd did not reload: {why}"
         log.info("systemd-networkd leases %s's address (DHCP, router advertisements)", bridge,
                  extra={"INTERFACE": bridge, "BRIDGED_EVENT": "dhcp-started",
                         "BRIDGED_MANAGER": "systemd-networkd"})
@@ -269,15 +268,22 @@ class ManagerClaims:
             return
         if not await self._present(NETWORKD):
             return
-        try:
-            await self._call(NETWORKD, NETWORKD_PATH, NETWORKD + ".Manager", "Reload")
-        except (ManagerError, OSError, EOFError) as e:
-            log.warning("systemd-networkd did not stop leasing the bridge's address: %s", e,
+        why = await self._reload_networkd()
+        if why is not None:
+            log.warning("systemd-networkd did not stop leasing the bridge's address: %s", why,
                         extra={"BRIDGED_EVENT": "dhcp-stop-failed",
                                "BRIDGED_MANAGER": "systemd-networkd"})
             return
         log.info("systemd-networkd no longer leases the bridge's address",
                  extra={"BRIDGED_EVENT": "dhcp-stopped", "BRIDGED_MANAGER": "systemd-networkd"})
+
+    async def _reload_networkd(self) -> str | None:
+        """networkd reads its .network files again; None, or its words why not."""
+        try:
+            await self._call(NETWORKD, NETWORKD_PATH, NETWORKD + ".Manager", "Reload")
+        except (ManagerError, OSError, EOFError) as e:
+            return str(e)
+        return None
 
     async def _start_networkd(self) -> bool:
         """Ask systemd to start systemd-networkd (polkit lets _bridged, for that unit)."""
@@ -501,10 +507,9 @@ class ManagerClaims:
                       self.paths.networkd, extra={"BRIDGED_MANAGER": "systemd-networkd"})
             self._networkd_loaded = None
             return
-        try:
-            await self._call(NETWORKD, NETWORKD_PATH, NETWORKD + ".Manager", "Reload")
-        except (ManagerError, OSError, EOFError) as e:
-            log.warning("systemd-networkd did not take bridged's claim: %s", e,
+        why = await self._reload_networkd()
+        if why is not None:
+            log.warning("systemd-networkd did not take bridged's claim: %s", why,
                         extra={"BRIDGED_EVENT": "manager-claim-failed",
                                "BRIDGED_MANAGER": "systemd-networkd"})
             return
@@ -520,10 +525,9 @@ class ManagerClaims:
         self._networkd_loaded = None
         if not await self._present(NETWORKD):
             return
-        try:
-            await self._call(NETWORKD, NETWORKD_PATH, NETWORKD + ".Manager", "Reload")
-        except (ManagerError, OSError, EOFError) as e:
-            log.warning("systemd-networkd did not take back bridged's links: %s", e,
+        why = await self._reload_networkd()
+        if why is not None:
+            log.warning("systemd-networkd did not take back bridged's links: %s", why,
                         extra={"BRIDGED_EVENT": "manager-withdraw-failed",
                                "BRIDGED_MANAGER": "systemd-networkd"})
             return

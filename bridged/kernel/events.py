@@ -60,23 +60,77 @@ class FdbEvent:
     entry: FdbEntry
 
 
-def _event_socket(groups: int) -> socket.socket:
+def event_socket(protocol: int = socket.NETLINK_ROUTE, groups: int = 0) -> socket.socket:
+    """A non-blocking netlink socket for events, with a queue deep enough for bursts."""
     sock = socket.socket(
         socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-        socket.NETLINK_ROUTE,
+        protocol,
     )
-    # A burst (1000 taps freed at once, FRR installing a fleet's MACs) must not overflow
-    # the queue; SO_RCVBUFFORCE needs CAP_NET_ADMIN, which the daemon has, else fall
-    # back to what we may set.
     try:
-        sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE
-    except OSError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-    sock.bind((0, groups))
+        # A burst (1000 taps freed at once, FRR installing a fleet's MACs) must not
+        # overflow the queue; SO_RCVBUFFORCE needs CAP_NET_ADMIN, which the daemon has,
+        # else fall back to what we may set.
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        sock.bind((0, groups))
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
-class LinkMonitor:
+class EventReader:
+    """A netlink event socket read on the event loop (no thread, no polling): each batch
+    goes to ``_dispatch``; a queue that overran (events lost) calls ``on_overrun``."""
+
+    # For the overrun's log line: what overran, and what the owner does about it.
+    what = "netlink event"
+    recovery = "resynchronising"
+
+    def __init__(self, on_overrun: Callable[[], None]) -> None:
+        self._on_overrun = on_overrun
+        self._sock: socket.socket | None = None
+
+    def _open(self) -> socket.socket:
+        raise NotImplementedError
+
+    def _dispatch(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if self._sock is None:
+            self._sock = self._open()
+            asyncio.get_running_loop().add_reader(self._sock.fileno(), self._readable)
+
+    def stop(self) -> None:
+        if self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+
+    def drain(self) -> None:
+        """Handle now whatever the kernel has queued (before acting on something that
+        events sent earlier may concern)."""
+        self._readable()
+
+    def _readable(self) -> None:
+        while self._sock is not None:
+            try:
+                data = self._sock.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
+                log.warning("%s queue overran; %s", self.what, self.recovery)
+                self._on_overrun()
+                continue
+            self._dispatch(data)
+
+
+class LinkMonitor(EventReader):
     """Calls ``on_event`` for link events, ``on_address`` for each address event on
     an interface ``watches_addresses_of(index)`` says is of interest, ``on_overrun``
     when events were lost.
@@ -87,6 +141,8 @@ class LinkMonitor:
     brings half a dozen. The bridge's AF_BRIDGE port notices are not passed on at all
     (nothing reads them: they are the bridge's view of a port, not the link)."""
 
+    recovery = "resynchronising from a dump"
+
     def __init__(
         self,
         on_event: Callable[[LinkEvent], None],
@@ -94,39 +150,16 @@ class LinkMonitor:
         on_address: Callable[[AddressEvent], None] | None = None,
         watches_addresses_of: Callable[[int], bool] | None = None,
     ) -> None:
+        super().__init__(on_overrun)
         self._on_event = on_event
-        self._on_overrun = on_overrun
         self._on_address = on_address
         self._watched = watches_addresses_of
-        self._sock: socket.socket | None = None
 
-    def start(self) -> None:
+    def _open(self) -> socket.socket:
         groups = RTMGRP_LINK
         if self._on_address is not None:
             groups |= RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
-        sock = self._sock = _event_socket(groups)
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
-
-    def stop(self) -> None:
-        if self._sock is not None:
-            asyncio.get_running_loop().remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
-
-    def _readable(self) -> None:
-        assert self._sock is not None
-        while True:
-            try:
-                data = self._sock.recv(1 << 16)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    log.warning("netlink event queue overran; resynchronising from a dump")
-                    self._on_overrun()
-                    continue
-                raise
-            self._dispatch(data)
+        return event_socket(groups=groups)
 
     def _dispatch(self, data: bytes) -> None:
         """One pass over a batch, in the kernel's order."""
@@ -150,7 +183,7 @@ class LinkMonitor:
                 log.exception("handling netlink event (type %d) failed", kind)
 
 
-class FdbMonitor:
+class FdbMonitor(EventReader):
     """Calls ``on_event`` for each change of an FDB entry in the own table (NTF_SELF) of
     a device ``watches(index)`` names, ``on_overrun`` when events were lost.
 
@@ -158,42 +191,17 @@ class FdbMonitor:
     learns or forgets on any port: those are told apart by their header alone.
     """
 
+    what = "netlink FDB event"
+    recovery = "reading the FDB again"
+
     def __init__(self, on_event: Callable[[FdbEvent], None], on_overrun: Callable[[], None],
                  watches: Callable[[int], bool]) -> None:
+        super().__init__(on_overrun)
         self._on_event = on_event
-        self._on_overrun = on_overrun
         self._watches = watches
-        self._sock: socket.socket | None = None
 
-    def start(self) -> None:
-        if self._sock is None:
-            self._sock = _event_socket(RTMGRP_NEIGH)
-            asyncio.get_running_loop().add_reader(self._sock.fileno(), self._readable)
-
-    def stop(self) -> None:
-        if self._sock is not None:
-            asyncio.get_running_loop().remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
-
-    def drain(self) -> None:
-        """Deliver now whatever the kernel has queued (a reader that just finished a
-        dump wants every event sent before the dump's end)."""
-        self._readable()
-
-    def _readable(self) -> None:
-        while self._sock is not None:
-            try:
-                data = self._sock.recv(1 << 16)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    log.warning("netlink FDB event queue overran; reading the FDB again")
-                    self._on_overrun()
-                    continue
-                raise
-            self._dispatch(data)
+    def _open(self) -> socket.socket:
+        return event_socket(groups=RTMGRP_NEIGH)
 
     def _dispatch(self, data: bytes) -> None:
         for kind, _seq, offset, length in messages(data):

@@ -9,12 +9,12 @@ arrive as RTM_NEWNEIGH notifications.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import socket
 from collections.abc import Callable
 
+from bridged.kernel.events import EventReader, event_socket
 from bridged.kernel.link import NUD_PERMANENT
 from bridged.kernel.rtnl import (
     NDA_DST,
@@ -75,31 +75,26 @@ def _decode(data: bytes, offset: int, length: int) -> tuple[int, Address | None,
     return index, dst, nud
 
 
-class NeighbourWatch:
+class NeighbourWatch(EventReader):
     """Neighbour state changes on the event loop, for as long as it is open."""
 
-    def __init__(self, on_change: Callable[[int, Address, int], None]) -> None:
-        self._on_change = on_change
-        self._sock = socket.socket(socket.AF_NETLINK,
-                                   socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-                                   socket.NETLINK_ROUTE)
-        self._sock.bind((0, RTMGRP_NEIGH))
-        asyncio.get_running_loop().add_reader(self._sock.fileno(), self._readable)
+    what = "neighbour event"
+    recovery = "asking again"  # the probe re-solicits on its own schedule anyway
 
-    def _readable(self) -> None:
-        while True:
-            try:
-                data = self._sock.recv(1 << 16)
-            except BlockingIOError:
-                return
-            except OSError:  # ENOBUFS: the caller asks again on its own schedule
-                continue
-            for kind, _seq, offset, length in messages(data):
-                if kind == RTM_NEWNEIGH:
-                    index, dst, nud = _decode(data, offset, length)
-                    if dst is not None:
-                        self._on_change(index, dst, nud)
+    def __init__(self, on_change: Callable[[int, Address, int], None]) -> None:
+        super().__init__(lambda: None)
+        self._on_change = on_change
+        self.start()
+
+    def _open(self) -> socket.socket:
+        return event_socket(groups=RTMGRP_NEIGH)
+
+    def _dispatch(self, data: bytes) -> None:
+        for kind, _seq, offset, length in messages(data):
+            if kind == RTM_NEWNEIGH:
+                index, dst, nud = _decode(data, offset, length)
+                if dst is not None:
+                    self._on_change(index, dst, nud)
 
     def close(self) -> None:
-        asyncio.get_running_loop().remove_reader(self._sock.fileno())
-        self._sock.close()
+        self.stop()

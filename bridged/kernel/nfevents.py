@@ -16,7 +16,6 @@ nfnetlink.h, nf_tables.h, nfnetlink_log.h).
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
@@ -25,6 +24,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bridged.kernel.events import EventReader, event_socket
 from bridged.kernel.nft import OWN_TASK_PREFIX
 from bridged.kernel.rtnl import NLMSG_ERROR, NLMSGHDR, attributes, messages
 
@@ -44,7 +44,6 @@ NFULNL_CFG_CMD_BIND = 1
 NFULNL_COPY_META = 1
 NFULA_IFINDEX_INDEV, NFULA_IFINDEX_PHYSINDEV, NFULA_HWADDR, NFULA_PREFIX = 4, 6, 8, 10
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
-RCVBUF = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -54,37 +53,36 @@ class LogSample:
     mac: str | None  # its source MAC
 
 
-class NetfilterMonitor:
+class NetfilterMonitor(EventReader):
     """Calls ``on_foreign_change`` when someone else changed table ``table`` (family
     bridge), ``on_sample`` for each log sample, ``on_overrun`` when events were lost."""
+
+    what = "netfilter event"
+    recovery = "re-reading the guards' table"
 
     def __init__(self, table: str, log_group: int, on_foreign_change: Callable[[], None],
                  on_sample: Callable[[LogSample], None],
                  on_overrun: Callable[[], None]) -> None:
+        super().__init__(self._overran)
         self._table = table.encode()
         self._group = log_group
         self._on_foreign_change = on_foreign_change
         self._on_sample = on_sample
-        self._on_overrun = on_overrun
-        self._sock: socket.socket | None = None
+        self._on_netfilter_overrun = on_overrun
         self._touched = False  # the current transaction touched our table
         self.samples = False  # the log group is bound: samples arrive
 
-    def start(self) -> None:
-        sock = socket.socket(socket.AF_NETLINK,
-                             socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-                             NETLINK_NETFILTER)
+    def _overran(self) -> None:
+        self._touched = False
+        self._on_netfilter_overrun()
+
+    def _open(self) -> socket.socket:
+        sock = event_socket(NETLINK_NETFILTER)
         try:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-            sock.bind((0, 0))
             sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
         except BaseException:
             sock.close()
             raise
-        self._sock = sock
         try:
             self._bind_log_group(sock)
             self.samples = True
@@ -94,13 +92,7 @@ class NetfilterMonitor:
             log.warning("cannot receive the guards' log samples (nfnetlink_log group %d): "
                         "%s", self._group, e.strerror,
                         extra={"BRIDGED_EVENT": "guard-log-unavailable"})
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
-
-    def stop(self) -> None:
-        if self._sock is not None:
-            asyncio.get_running_loop().remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
+        return sock
 
     def _bind_log_group(self, sock: socket.socket) -> None:
         """Bind the group (nfnetlink_log), sending metadata only (the port and the MAC),
@@ -133,28 +125,6 @@ class NetfilterMonitor:
             raise OSError(errno.ETIMEDOUT, "no answer from nfnetlink_log") from None
         finally:
             sock.setblocking(False)
-
-    def drain(self) -> None:
-        """Handle what the kernel has already sent (before acting on a link's removal:
-        the sample of a tap's first frame is queued before the tap can go)."""
-        if self._sock is not None:
-            self._readable()
-
-    def _readable(self) -> None:
-        assert self._sock is not None
-        while True:
-            try:
-                data = self._sock.recv(1 << 16)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    log.warning("netfilter event queue overran; re-reading the guards' table")
-                    self._touched = False
-                    self._on_overrun()
-                    continue
-                raise
-            self._dispatch(data)
 
     def _dispatch(self, data: bytes) -> None:
         for kind, _seq, offset, length in messages(data):
