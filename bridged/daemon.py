@@ -12,14 +12,11 @@ import logging
 import os
 import signal
 import sys
-import time
-from collections.abc import Coroutine
-from typing import Any
 
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
-from bridged import __version__, journal, probe, udev
+from bridged import __version__, journal, udev
 from bridged.api import BUS_NAME
 from bridged.auth import Authorizer
 from bridged.bridge import BridgeManager, State
@@ -27,11 +24,12 @@ from bridged.bus.service import BusService, NameTaken, bus_address_from_env
 from bridged.config import DEFAULT_PATH, Config, check_reload, load
 from bridged.errors import BridgeUnavailable, ConfigError
 from bridged.guards import Guards, GuardsUnavailable
+from bridged.handover import Handover
 from bridged.ipconfig import IPManager
 from bridged.kernel.events import AddressEvent, LinkMonitor
 from bridged.kernel.linktable import LinkTable
 from bridged.kernel.netlink import KernelError, Netlink
-from bridged.managers import ClaimedNames, ClaimPaths, ManagerClaims
+from bridged.managers import ClaimPaths, ManagerClaims
 from bridged.notify import Notifier
 from bridged.overlay import Overlay
 from bridged.resolved import set_link_dns
@@ -76,17 +74,9 @@ class Daemon:
         self._status_pending = False
         self._exit_code = EX_OK
         self._bus_watch: asyncio.Task[None] | None = None
-        # Why the last IP change was rolled back (State "rolled-back"); None when the
-        # running configuration is the file's and the host reaches its gateway.
-        self.rolled_back: str | None = None
-        self._verifying: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._last_probe_failure = ""
-        self.claims: ManagerClaims | None = None
-        # systemd-networkd leases the bridge's address (ip.mode "dhcp", or leases that
-        # migrate mode moved off the uplink).
-        self.leasing = False
-        self._uplink_has_leases = False  # migrate mode: the uplink's address is leased
+        # Who configures the host's address and links, and whether its moves hold.
+        self.handover = Handover(config, self.ip, self.bridge, self.netlink, self.links,
+                                 self._status_changed)
 
     @property
     def bus(self) -> MessageBus | None:
@@ -109,7 +99,8 @@ class Daemon:
         return self.service is not None and await self.service.polkit_allows(sender, action)
 
     def state(self) -> str:
-        if self.rolled_back is not None and not self.bridge.held_not_tried:
+        if (self.bridge.rolled_back is not None and not self.bridge.held_not_tried) or \
+                self.handover.rolled_back is not None:
             return "rolled-back"
         state = self.bridge.state
         if state == State.READY and self.overlay.problem is not None:
@@ -122,8 +113,8 @@ class Daemon:
         overlay = self.overlay.status_line()
         if overlay is not None:
             line += f", {overlay}"
-        if self.rolled_back is not None and self.bridge.rolled_back is None:
-            line += f"; reload rolled back: {self.rolled_back}"
+        if self.handover.rolled_back is not None:
+            line += f"; reload rolled back: {self.handover.rolled_back}"
         return line
 
     def _status_changed(self) -> None:
@@ -155,27 +146,12 @@ class Daemon:
                 log.error("cannot connect to the system bus: %s", e,
                           extra={"BRIDGED_EVENT": "start-failed"})
                 return EX_UNAVAILABLE
-            self.claims = ManagerClaims(self.service.bus, ClaimPaths(
+            self.handover.claims = ManagerClaims(self.service.bus, ClaimPaths(
                 self.args.networkmanager_conf, self.args.networkd_network,
                 self.args.networkd_dhcp))
         try:
             await self.links.sync()
-            # Other network managers hear that the bridge and the taps are bridged's
-            # before the bridge exists; that the uplinks are too, once their addresses
-            # are on the bridge (told earlier, some drop the address or its lease at
-            # once, and there would be nothing left to move).
-            if self.config.ip.mode == "migrate":
-                self._uplink_has_leases = await self._uplinks_have_leases()
-            if self.claims is not None:
-                await self.claims.conflicts(self.config)  # named once, with their fixes
-            await self._claim_links(uplinks=False)
-            if self._will_lease():
-                # networkd takes the bridge before its addresses arrive: it then keeps
-                # them (taken over later, it would drop them first as another's).
-                why = await self._lease()
-                if why is not None:
-                    self.bridge.hold(f"no DHCP client for {self.config.bridge.name}'s "
-                                     f"lease: {why}")
+            await self.handover.before_start()
             await self.bridge.start()
         except BridgeUnavailable as e:
             log.error("%s", e, extra={"BRIDGED_EVENT": "start-failed"})
@@ -186,12 +162,8 @@ class Daemon:
                       extra={"BRIDGED_EVENT": "start-failed"})
             await self.bridge.undo_start()
             return EX_UNAVAILABLE
-        if self.bridge.enslaved_count:
-            await self._lease_moved_leases()
-            await self._claim_links()
-            if not await self._move_verified("start"):
-                await self._roll_back_move()
-        self.bridge.on_moved.append(self._moved)
+        await self.handover.after_start()
+        self.bridge.on_moved.append(lambda: self.handover.moved(self._reload_running))
         await self.overlay.start()
         self.taps.adopt()
         try:
@@ -214,10 +186,9 @@ class Daemon:
                           extra={"BRIDGED_EVENT": "start-failed"})
                 return EX_UNAVAILABLE
             self._bus_watch = asyncio.create_task(self._watch_bus())
-        if self.claims is not None:
-            # The adopted taps too; then each uplink that gets enslaved.
-            await self.claims.claim(self._claimed_names())
-            self.bridge.on_uplink_changed.append(self._uplink_claimed)
+        # The adopted taps too; then each uplink that gets enslaved.
+        await self.handover.claim()
+        self.bridge.on_uplink_changed.append(self.handover.uplink_changed)
         await self._apply_dns()
         self.bridge.on_change.append(self._status_changed)
         self.overlay.on_change.append(self._status_changed)
@@ -243,9 +214,8 @@ class Daemon:
         await self.taps.stop()
         # The guards' table stays: the taps stay, and so must what guards them.
         self.guards.stop()
-        if self.claims is not None and self.config.bridge.teardown_on_stop:
-            await self._unlease()
-            await self.claims.withdraw()  # the bridge is gone: so is the claim
+        if self.config.bridge.teardown_on_stop:
+            await self.handover.withdraw()  # the bridge is gone: so is the claim
         if self.service is not None:
             self.service.stop()
         self.monitor.stop()
@@ -293,15 +263,11 @@ class Daemon:
             log.error("reload refused, keeping the running configuration: %s", e,
                       extra={"BRIDGED_EVENT": "reload-failed", "CONFIG_FILE": e.path})
             return
-        if new.ip.mode == "dhcp" and not self.leasing:
-            # Before anything moves: without a DHCP client on the bridge, leased
-            # addresses moved onto it would just run out.
-            why = await self._lease()
-            if why is not None:
-                log.error('reload refused, keeping the running configuration: ip.mode = '
-                          '"dhcp" has no DHCP client for %s: %s', new.bridge.name, why,
-                          extra={"BRIDGED_EVENT": "reload-failed", "CONFIG_FILE": new.path})
-                return
+        unsafe = await self.handover.before_reload(new)
+        if unsafe is not None:
+            log.error("reload refused, keeping the running configuration: %s", unsafe,
+                      extra={"BRIDGED_EVENT": "reload-failed", "CONFIG_FILE": new.path})
+            return
         moves = self.bridge.enslaved_count
         retrying = self.bridge.rolled_back is not None
         if retrying:
@@ -318,16 +284,16 @@ class Daemon:
             return
         changed = retrying or new.ip != old.ip or new.bridge.uplinks != old.bridge.uplinks \
             or self.bridge.enslaved_count != moves
-        if changed and not await self._move_verified("reload"):
+        if changed and not await self.handover.verified("reload"):
             if retrying:  # the move itself failed again: the uplinks go back off
-                await self._roll_back_move()
+                await self.handover.roll_back()
             else:  # the previous configuration worked: back to it
-                why = self._last_probe_failure
+                why = self.handover.last_failure
                 await self._restore(old)
-                self.rolled_back = f"{why}; running the previous configuration"
+                self.handover.rolled_back = f"{why}; running the previous configuration"
                 self._status_changed()
             return
-        self.rolled_back = None
+        self.handover.rolled_back = None
         log.info("configuration reloaded from %s", new.path,
                  extra={"BRIDGED_EVENT": "reloaded", "CONFIG_FILE": new.path})
 
@@ -340,84 +306,8 @@ class Daemon:
             log.exception("restoring the previous configuration failed",
                           extra={"BRIDGED_EVENT": "reload-restore-failed"})
 
-    # --- verifying an IP move, and rolling it back -------------------------------------
-
-    async def _move_verified(self, after: str) -> bool:
-        """Does the host still reach its gateway through the bridge (neighbour probe)?"""
-        self._last_probe_failure = ""
-        timeout = self.config.ip.probe_timeout
-        bridge = self.bridge.bridge
-        if not self.ip.manages_ip or not timeout or bridge is None:
-            return True
-        deadline = time.monotonic() + timeout
-        uplinks = self.bridge.enslaved_uplinks()
-        gateways = self.ip.gateways()
-        if not gateways and self.leasing and uplinks:
-            gateways = await self._leased_gateways(bridge.index, deadline)
-            if not gateways:
-                self._last_probe_failure = (f"no DHCP lease with a gateway on {bridge.name} "
-                                            f"within {timeout:g} s after the {after}")
-                log.error("%s", self._last_probe_failure,
-                          extra={"INTERFACE": bridge.name, "BRIDGED_EVENT": "probe-failed"})
-                return False
-            timeout = max(0.5, deadline - time.monotonic())
-        if not gateways or not uplinks:
-            return True  # nothing to reach, or nothing moved onto the bridge
-        if not any(u.operstate in ("UP", "UNKNOWN") for u in uplinks):
-            log.info("not probing the gateway after the %s: %s has no carrier", after,
-                     ", ".join(u.name for u in uplinks),
-                     extra={"INTERFACE": bridge.name, "BRIDGED_EVENT": "probe-skipped"})
-            return True
-        if self.config.bridge.stp:
-            timeout += 2 * self.config.bridge.forward_delay  # listening, then learning
-        answers = await asyncio.gather(*(probe.reachable(self.netlink, bridge.index, gw, timeout)
-                                         for gw in gateways))
-        silent = [str(gw) for gw, answered in zip(gateways, answers, strict=True)
-                  if not answered]
-        if not silent:
-            log.info("gateway %s reachable through %s after the %s",
-                     ", ".join(map(str, gateways)), bridge.name, after,
-                     extra={"INTERFACE": bridge.name, "BRIDGED_EVENT": "probe-ok"})
-            return True
-        self._last_probe_failure = (f"gateway {', '.join(silent)} did not answer through "
-                                    f"{bridge.name} within {timeout:g} s after the {after}")
-        log.error("%s", self._last_probe_failure,
-                  extra={"INTERFACE": bridge.name, "BRIDGED_EVENT": "probe-failed"})
-        return False
-
-    async def _leased_gateways(self, index: int, deadline: float) -> list[probe.Address]:
-        """The gateways of the default routes the DHCP client put on the bridge, once it
-        has (the lease's own gateway is what the host must reach)."""
-        while True:
-            routes = await self.netlink.routes(index)
-            found = [r.gateway for r in routes if r.is_default and r.gateway is not None]
-            if found or time.monotonic() >= deadline:
-                return list(dict.fromkeys(found))
-            await asyncio.sleep(0.2)  # a bounded wait for one lease, not a poll loop
-
-    async def _roll_back_move(self) -> None:
-        why = self._last_probe_failure
-        await self._unlease()
-        await self.bridge.roll_back(why)
-        # The uplinks are their old managers' again (their DHCP clients, profiles).
-        await self._claim_links(uplinks=False)
-        self.rolled_back = why
-        log.error("rolled back: the uplinks have their own addresses and routes again and "
-                  "stay off %s until the config is reloaded or 'bridgectl retry'",
-                  self.config.bridge.name,
-                  extra={"BRIDGED_EVENT": "rolled-back", "BRIDGED_STATE": "rolled-back"})
-        self._status_changed()
-
-    def _moved(self) -> None:
-        """Addresses moved onto the bridge after start (an uplink plugged in): verify."""
-        if self._verifying is None or self._verifying.done():
-            self._verifying = asyncio.create_task(self._verify_later())
-
-    async def _verify_later(self) -> None:
-        if self._reloading is not None and not self._reloading.done():
-            return  # the reload verifies what it moved
-        if not await self._move_verified("move"):
-            await self._roll_back_move()
+    def _reload_running(self) -> bool:
+        return self._reloading is not None and not self._reloading.done()
 
     async def retry(self) -> None:
         """bridgectl retry: the config file again, uplinks enslaved again, verified."""
@@ -436,105 +326,10 @@ class Daemon:
                 self.service.tap_changed(tap)
         self.authorizer.taps, self.authorizer.auth = config.taps, config.auth
         await self.ip.reload(config.ip, self.bridge.bridge, self.bridge.uplinks())
-        if config.ip.mode not in ("dhcp", "migrate"):
-            await self._unlease()
         await self.bridge.reload(config.bridge)
-        if self.claims is not None:
-            await self.claims.conflicts(config)
-            await self.claims.claim(self._claimed_names())
+        await self.handover.apply(config)
         await self.overlay.reload(config.vxlan)
         await self._apply_dns()
-
-    # --- other network managers: told which links are bridged's ------------------------
-
-    async def _claim_links(self, uplinks: bool | None = None) -> None:
-        if self.claims is not None:
-            await self.claims.claim(self._claimed_names(uplinks))
-
-    def _claimed_names(self, uplinks: bool | None = None) -> ClaimedNames:
-        """The bridge (unless networkd leases its address), the uplinks and the taps,
-        present ones by name (globs and the tap prefix cover those to come, where a
-        manager takes globs). With ``uplinks`` false, only the uplinks already enslaved
-        to the bridge (a restart): the others keep their manager until their addresses
-        are on the bridge, or get it back after a rollback (the default then)."""
-        if uplinks is None:
-            uplinks = self.bridge.rolled_back is None
-        config = self.config
-        prefix = config.taps.prefix
-        bridge_link = self.links.by_name(config.bridge.name)
-        names = []
-        for link in self.links:
-            tap = link.kind == "tun" and link.name.startswith(prefix)
-            uplink = config.bridge.is_uplink(link.name, link.address, link.perm_address) and (
-                uplinks or (bridge_link is not None and link.master == bridge_link.index
-                            and self.bridge.rolled_back is None))
-            if tap or uplink:
-                names.append(link.name)
-        if config.vxlan is not None:  # the overlay's port is bridged's as much as a tap
-            names.append(config.vxlan.device_name)
-        bridge = None if self.leasing or self._will_lease() else config.bridge.name
-        return ClaimedNames(bridge, config.bridge.uplinks if uplinks else (), prefix,
-                            tuple(dict.fromkeys(names)))
-
-    # --- the bridge's address by DHCP: systemd-networkd leases it -------------------------
-
-    def _will_lease(self) -> bool:
-        return self.config.ip.mode == "dhcp" or \
-            (self.config.ip.mode == "migrate" and self._uplink_has_leases)
-
-    async def _uplinks_have_leases(self) -> bool:
-        """migrate mode: does an uplink (not yet enslaved) carry a leased address? Then
-        the bridge leases it on: moved and frozen, it would just run out."""
-        for link in self.links:
-            if link.master is None and self.config.bridge.is_uplink(
-                    link.name, link.address, link.perm_address):
-                try:
-                    if any(a.is_global and not a.is_permanent
-                           for a in await self.netlink.addresses(link.index)):
-                        return True
-                except KernelError:
-                    continue  # gone meanwhile
-        return False
-
-    async def _lease(self) -> str | None:
-        """Have systemd-networkd lease the bridge's address; None, or why it cannot."""
-        if self.claims is None:
-            return "no system bus (--no-bus) to ask systemd-networkd over"
-        why = await self.claims.lease(self.config.bridge.name)
-        if why is None:
-            self.leasing = True
-        return why
-
-    async def _unlease(self) -> None:
-        if self.leasing and self.claims is not None:
-            self.leasing = False
-            await self.claims.unlease()
-
-    async def _lease_moved_leases(self) -> None:
-        """migrate mode moved leased addresses: a DHCP client must renew them on the
-        bridge, or they run out (the issue with freezing them)."""
-        if self.config.ip.mode != "migrate" or not self.ip.moved_leases or self.leasing:
-            return
-        why = await self._lease()
-        if why is None:
-            # The bridge is networkd's now: no longer claimed (the uplinks: after this).
-            await self._claim_links(uplinks=False)
-        else:
-            log.error("the addresses moved off the uplink are leases that nothing renews on "
-                      "%s now (%s): they will run out; set ip.mode = \"dhcp\" with "
-                      "systemd-networkd, or ip.mode = \"static\"", self.config.bridge.name,
-                      why, extra={"BRIDGED_EVENT": "dhcp-failed"})
-
-    def _uplink_claimed(self, name: str, state: str) -> None:
-        # A new uplink (matched by a glob or MAC) is named to the managers; claim() does
-        # nothing for names they were told already.
-        if state == "enslaved" and self.claims is not None:
-            self._spawn(self.claims.claim(self._claimed_names()))
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _apply_dns(self) -> None:
         bridge = self.bridge.bridge
