@@ -90,6 +90,9 @@ class BridgeManager:
         # Called after addresses moved off an uplink onto the bridge (to verify the move).
         self.on_moved: list[Callable[[], None]] = []
         self.enslaved_count = 0  # uplinks bridged enslaved since it started
+        # Counts changes of the bridge's ports, so that they are announced (by name) only
+        # when they change, without building a thousand-port list to compare.
+        self.ports_version = 0
         self._created = False  # this run made the bridge (a failed start removes it)
 
     # --- what others read ------------------------------------------------------------
@@ -203,6 +206,10 @@ class BridgeManager:
             assert old is not None
             self._link_gone(old)
             return
+        bridge_index = self.index
+        if bridge_index is not None and \
+                (old is not None and old.master == bridge_index) != (new.master == bridge_index):
+            self.ports_version += 1
         index = new.index
         was_uplink = index in self._uplink_indexes
         if self._is_uplink(new):
@@ -251,6 +258,8 @@ class BridgeManager:
             self._notify()  # a port came or went
 
     def _link_gone(self, link: Link) -> None:
+        if self.index is not None and link.master == self.index:
+            self.ports_version += 1
         was_uplink = link.index in self._uplink_indexes
         self._uplink_indexes.discard(link.index)
         if self.bridge is not None and link.index == self.bridge.index:
@@ -472,6 +481,7 @@ class BridgeManager:
         if refreshed is None:
             raise BridgeUnavailable(f"{cfg.name} disappeared while being configured")
         self.bridge = refreshed
+        self.ports_version += 1  # (a bridge made again has ports of its own)
         # Events keep this current from here on; the dump covers what came before.
         self.addresses = set(await self._netlink.addresses(refreshed.index))
         await self.ip.apply_to_bridge(refreshed, self.uplinks())

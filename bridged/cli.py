@@ -244,7 +244,7 @@ def describe_event(member: str, body: list[Any], path: str) -> dict[str, Any]:
         return {"event": member, "uplink": body[0], "state": body[1]}
     interface, changed = body[0], unwrap(body[1])
     return {"event": "PropertiesChanged", "path": path, "interface": interface,
-            "changed": changed}
+            "changed": changed, "invalidated": list(body[2]) if len(body) > 2 else []}
 
 
 def render_event(event: dict[str, Any]) -> str:
@@ -259,8 +259,9 @@ def render_event(event: dict[str, Any]) -> str:
         return "bridged: stopped (left the bus)"
     if kind == "DaemonStarted":
         return "bridged: started"
-    changed = ", ".join(f"{k}={v}" for k, v in sorted(event["changed"].items()))
-    return f"{event['path'].rsplit('/', 1)[-1]}: {changed}"
+    changed = [f"{k}={v}" for k, v in sorted(event["changed"].items())]
+    changed += [f"{k} changed" for k in event.get("invalidated", [])]
+    return f"{event['path'].rsplit('/', 1)[-1]}: {', '.join(changed)}"
 
 
 async def cmd_monitor(client: Client, args: argparse.Namespace) -> int:

@@ -184,9 +184,11 @@ def test_monitor_prints_events_until_interrupted(lab: Lab, bus: PrivateBus, daem
         assert tap_events == [
             {"event": "TapAdded", "tap": "tap0", "path": "/org/bridged/Bridged1/tap/tap0"},
             {"event": "TapRemoved", "tap": "tap0", "path": "/org/bridged/Bridged1/tap/tap0"}]
-        ports = [e["changed"]["Ports"] for e in events
-                 if e["event"] == "PropertiesChanged" and "Ports" in e["changed"]]
-        assert ["eth0", "tap0"] in ports
+        # Ports are announced by name only (EmitsChangedSignal=invalidates): a thousand
+        # of them, rebuilt and sent for every tap, cost more than the tap.
+        announced = [e for e in events if e["event"] == "PropertiesChanged"
+                     and "Ports" in e["invalidated"]]
+        assert announced and all("Ports" not in e["changed"] for e in announced)
         daemon.stop()  # the daemon leaving the bus is an event too
         while (event := json.loads(out.line()))["event"] == "PropertiesChanged":
             pass

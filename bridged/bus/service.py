@@ -75,6 +75,7 @@ class BusService:
         self._paths: dict[str, str] = {}  # tap object path -> tap name
         self._sent: dict[str, dict[str, Any]] = {}  # interface -> properties last announced
         self._flush_pending = False
+        self._ports_announced = 0  # the bridge's ports_version last announced
         self._machine_id_text: str | None = None
         self._handlers: dict[tuple[str, str], Handler] = {
             (api.MANAGER, "OpenTap"): self._open_tap,
@@ -355,10 +356,10 @@ class BusService:
         return {name: read() for name, (_sig, read) in self._manager_properties().items()}
 
     def _bridge_values(self) -> dict[str, Any]:
-        """What PropertiesChanged announces: every property that says it emits."""
-        quiet = {p.name for p in spec.BRIDGE.properties if not p.emits_change}
+        """What PropertiesChanged announces with its value."""
+        announced = {p.name for p in spec.BRIDGE.properties if p.emits == "true"}
         return {name: read() for name, (_sig, read) in self._bridge_properties().items()
-                if name not in quiet}
+                if name in announced}
 
     def _manager_properties(self) -> dict[str, tuple[str, Callable[[], Any]]]:
         return {
@@ -526,16 +527,23 @@ class BusService:
         if self.bus is None or not self.bus.connected:
             return
         bridge_path = api.bridge_path(self._bridge.config.name)
-        for path, interface, values, sigs in (
-                (api.ROOT_PATH, api.MANAGER, self._manager_values(), self._manager_properties()),
-                (bridge_path, api.BRIDGE, self._bridge_values(), self._bridge_properties())):
+        # Ports: only their names, when they changed (see spec: "invalidates").
+        invalidated: list[str] = []
+        if self._bridge.ports_version != self._ports_announced:
+            self._ports_announced = self._bridge.ports_version
+            invalidated = [p.name for p in spec.BRIDGE.properties if p.emits == "invalidates"]
+        for path, interface, values, sigs, gone in (
+                (api.ROOT_PATH, api.MANAGER, self._manager_values(), self._manager_properties(),
+                 []),
+                (bridge_path, api.BRIDGE, self._bridge_values(), self._bridge_properties(),
+                 invalidated)):
             old = self._sent.setdefault(interface, {})
             changed = {k: v for k, v in values.items() if old.get(k) != v}
-            if changed:
+            if changed or gone:
                 old.update(changed)
                 self._signal(path, spec.PROPERTIES, "PropertiesChanged",
                              [interface, {k: Variant(sigs[k][0], v) for k, v in changed.items()},
-                              []])
+                              gone])
 
 
 def unpack(options: dict[str, Variant]) -> dict[str, tuple[str, Any]]:

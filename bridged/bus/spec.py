@@ -38,8 +38,10 @@ class Method:
 class Property:
     name: str
     signature: str
-    # False for a value that changes all the time (seconds left): read it, no signal.
-    emits_change: bool = True
+    # PropertiesChanged carries the value ("true"), only the name ("invalidates": a
+    # thousand ports, rebuilt and sent for every tap, cost more than the tap), or nothing
+    # ("false": a value that changes all the time, such as seconds left).
+    emits: str = "true"
 
 
 @dataclass(frozen=True)
@@ -87,11 +89,11 @@ class Interface:
         for p in self.properties:
             head = (f"{indent}  <property name={quoteattr(p.name)} "
                     f"type={quoteattr(p.signature)} access=\"read\"")
-            if p.emits_change:
+            if p.emits == "true":
                 lines.append(head + "/>")
             else:
                 lines += [head + ">", f"{indent}    <annotation name=\"org.freedesktop.DBus."
-                          "Property.EmitsChangedSignal\" value=\"false\"/>",
+                          f"Property.EmitsChangedSignal\" value=\"{p.emits}\"/>",
                           f"{indent}  </property>"]
         lines.append(f"{indent}</interface>")
         return "\n".join(lines)
@@ -117,9 +119,10 @@ BRIDGE = Interface(
     api.BRIDGE,
     properties=(Property("Name", "s"), Property("Index", "i"), Property("MACAddress", "s"),
                 Property("MTU", "u"), Property("STP", "b"), Property("ForwardDelay", "u"),
-                Property("OperState", "s"), Property("Uplinks", "as"), Property("Ports", "as"),
-                Property("ForeignPorts", "as"), Property("Addresses", "as"),
-                Property("Leases", "a{su}", emits_change=False),
+                Property("OperState", "s"), Property("Uplinks", "as"),
+                Property("Ports", "as", emits="invalidates"),
+                Property("ForeignPorts", "as", emits="invalidates"), Property("Addresses", "as"),
+                Property("Leases", "a{su}", emits="false"),
 
                 # The overlay ([vxlan]); VNI 0 and empty values without one.
                 Property("VNI", "u"), Property("VxlanDevice", "s"), Property("VxlanLocal", "s"),
