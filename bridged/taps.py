@@ -716,9 +716,9 @@ class TapRegistry:
         task.add_done_callback(self._tasks.discard)
 
     def close_fds(self, fds: list[int]) -> None:
-        """Our copies of fds handed to a client, once the reply carrying them is out.
-        When the client closed its own first, ours is the tap's last: closed on the
-        reaper lane, not here (it blocks while the kernel unregisters the tap)."""
+        """Our copies of a tap's fds that no reply carried out: they are the tap's last,
+        closed on the reaper lane, not here (it blocks while the kernel unregisters the
+        tap). Those a reply carried close as it is sent (bus.compat.hand_over)."""
         if fds:
             self._spawn(self._reaper.close(list(fds)))
 

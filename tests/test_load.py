@@ -90,10 +90,13 @@ def test_many_clients_at_once(lab: Lab, bus: PrivateBus,
     creates = sum(out["added"].values())
     assert creates > CLIENTS, "the clients hardly got a tap"
     errors = ", ".join(f"{k} {v}" for k, v in out["errors"].items()) or "none"
+    by_method = ", ".join(f"{member} {v['p50_ms']}/{v['p99_ms']}"
+                          for member, v in out["latency_by_method"].items())
     figures(f"load (dbus-fast {dbus_fast_version()}): {CLIENTS} clients, {out['seconds']} s "
             f"(connected in {out['connect_s']} s): {out['calls']} calls "
             f"({out['calls'] / out['seconds']:.0f}/s: {dict(out['by_method'])}), "
             f"{creates} taps made and freed, signals {sum(len(s) for s in seen.values())} "
             f"all seen in order; errors: {errors}; latency p50 {out['p50_ms']} ms, "
-            f"p99 {out['p99_ms']} ms, max {out['max_ms']} ms; the same daemon still serving, "
+            f"p99 {out['p99_ms']} ms, max {out['max_ms']} ms (p50/p99 by method: {by_method}); "
+            f"the same daemon still serving, "
             f"no tap left, daemon fds {fds_before} before and after")

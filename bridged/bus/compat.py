@@ -15,7 +15,8 @@ Checked at start-up by behaviour, not guessed from version numbers:
    messages last-in first-out. Under load the daemon exited 69. The writer below waits
    for the socket to drain instead, and sends in order.
 
-Only the writer is replaced; everything else is the library's own.
+Only the writer is replaced; everything else is the library's own. It also closes the
+daemon's copies of fds handed to a client the instant they are sent (see ``hand_over``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import array
 import io
 import logging
+import os
 import socket
 from typing import Any
 
@@ -124,6 +126,9 @@ def prepare(message: Message) -> Message:
 class _Writer(_MessageWriter):  # type: ignore[misc]
     """The library's writer, waiting on a full socket instead of giving up on it."""
 
+    # fds whose sender's copies close as soon as a message has carried them out.
+    handed_over: set[int]
+
     def buffer_message(self, msg: Message, future: Any = None) -> None:
         super().buffer_message(prepare(msg), future)
 
@@ -147,7 +152,8 @@ class _Writer(_MessageWriter):  # type: ignore[misc]
                         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                    array.array("i", self.unix_fds))]
                         sent = sock.sendmsg([self.buf[self.offset:]], rights)
-                        self.unix_fds = None  # they went with the first byte
+                        fds, self.unix_fds = self.unix_fds, None  # they went with the first byte
+                        self._close_handed_over(fds)
                     else:
                         sent = sock.send(self.buf[self.offset:])
                 except (BlockingIOError, InterruptedError):
@@ -169,11 +175,42 @@ class _Writer(_MessageWriter):  # type: ignore[misc]
                 self.fut.set_exception(e)
             self.bus._finalize(e)
 
+    def _close_handed_over(self, fds: list[int]) -> None:
+        for fd in fds:
+            if fd in self.handed_over:
+                self.handed_over.discard(fd)
+                os.close(fd)
+
+
+def hand_over(bus: MessageBus, fds: list[int]) -> None:
+    """Close our copies of ``fds`` the instant the next message carrying them is sent.
+
+    A message in flight holds what it carries, so closing ours then costs nothing. A
+    moment later the client may have closed its own, and ours would be a tap's last: the
+    close then blocks ~16 ms while the kernel unregisters the tap, and closes done one
+    after the other on a lane held up the deletes of every ReleaseTap behind them (p50
+    1.35 s with 64 clients).
+    """
+    writer: Any = bus._writer
+    writer.handed_over.update(fds)
+
+
+def take_back(bus: MessageBus | None, fds: list[int]) -> list[int]:
+    """Those of ``fds`` handed over but not sent (not closed): the caller's again."""
+    if bus is None:
+        return list(fds)
+    writer: Any = bus._writer
+    handed: set[int] = writer.handed_over
+    kept = [fd for fd in fds if fd in handed]
+    handed.difference_update(kept)
+    return kept
+
 
 def install(bus: MessageBus) -> None:
     """Put our writer on a connected bus, taking over anything already queued."""
     old: Any = bus._writer
     writer = _Writer(bus)
+    writer.handed_over = set()
     fd: Any = bus._fd
     writer.messages.extend(old.messages)
     writer.buf, writer.offset, writer.unix_fds, writer.fut = \

@@ -272,17 +272,19 @@ class BusService:
         try:
             caller = await self.caller_of(msg.sender or "")
             signature, body, fds = await handler(msg, caller)
+            if fds and self.bus is not None:
+                # Ours close as the reply carries the fds out (see compat.hand_over).
+                compat.hand_over(self.bus, fds)
             sent = self._reply(msg, signature, body, fds)
             if fds and sent is not None:
-                # The writer passes the fds by number when it gets to the message: ours
-                # may close only once it has (the client's copies keep the tap).
                 await sent
         except Exception as e:
             self._reply_error(msg, e)
         finally:
-            # Not here: if the client already closed its copies, ours are the tap's
-            # last, and closing them blocks while the kernel unregisters it (~16 ms).
-            self._taps.close_fds(fds)
+            # Fds no reply carried are the tap's last: closing them blocks while the
+            # kernel unregisters it (~16 ms), so not here.
+            if fds:
+                self._taps.close_fds(compat.take_back(self.bus, fds))
 
     def _reply(self, msg: Message, signature: str, body: list[Any],
                fds: list[int] | None = None) -> asyncio.Future[None] | None:

@@ -45,6 +45,7 @@ class Worker:
         self.bus = bus
         self.rng = rng
         self.latencies: list[float] = []
+        self.by_method: dict[str, list[float]] = {}  # member -> its latencies
         self.calls: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.added: Counter[str] = Counter()
@@ -61,7 +62,9 @@ class Worker:
         except TimeoutError:
             self.errors["timeout"] += 1
             return None
-        self.latencies.append((time.perf_counter() - started) * 1000)
+        latency = (time.perf_counter() - started) * 1000
+        self.latencies.append(latency)
+        self.by_method.setdefault(member, []).append(latency)
         self.calls[member] += 1
         assert reply is not None
         if reply.message_type == MessageType.ERROR:
@@ -113,8 +116,8 @@ def child(address: str, seconds: float, seed: int, ready_w: int, go_r: int, out:
         await asyncio.get_running_loop().run_in_executor(None, os.read, go_r, 1)
         await worker.run(seconds)
         with open(out, "w") as f:
-            json.dump({"latencies": worker.latencies, "calls": worker.calls,
-                       "errors": worker.errors, "added": worker.added,
+            json.dump({"latencies": worker.latencies, "by_method": worker.by_method,
+                       "calls": worker.calls, "errors": worker.errors, "added": worker.added,
                        "removed": worker.removed, "leftover": worker.leftover}, f)
         bus.disconnect()
     asyncio.run(main())
@@ -162,6 +165,7 @@ def workers(address: str, clients: int, seconds: float, seed: int) -> None:
     failed = sum(1 for pid in pids if os.waitpid(pid, 0)[1] != 0)
     elapsed = time.monotonic() - started
     latencies: list[float] = []
+    by_method: dict[str, list[float]] = {}
     calls: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     added: Counter[str] = Counter()
@@ -174,6 +178,8 @@ def workers(address: str, clients: int, seconds: float, seed: int) -> None:
         except OSError:
             continue
         latencies += result["latencies"]
+        for member, values in result["by_method"].items():
+            by_method.setdefault(member, []).extend(values)
         calls.update(result["calls"])
         errors.update(result["errors"])
         added.update(result["added"])
@@ -186,7 +192,11 @@ def workers(address: str, clients: int, seconds: float, seed: int) -> None:
         "seconds": round(elapsed, 2), "calls": sum(calls.values()), "by_method": calls,
         "errors": errors, "p50_ms": round(percentile(latencies, 0.5), 2),
         "p99_ms": round(percentile(latencies, 0.99), 2),
-        "max_ms": round(max(latencies, default=0), 2), "added": added, "removed": removed,
+        "max_ms": round(max(latencies, default=0), 2),
+        "latency_by_method": {member: {"p50_ms": round(percentile(values, 0.5), 2),
+                                       "p99_ms": round(percentile(values, 0.99), 2)}
+                              for member, values in sorted(by_method.items())},
+        "added": added, "removed": removed,
         "leftover": leftover,
     }))
 
