@@ -23,6 +23,7 @@ from bridged.ipconfig import IPManager
 from bridged.kernel.events import AddressEvent
 from bridged.kernel.linktable import LinkTable
 from bridged.kernel.netlink import Address, KernelError, Link, Netlink
+from bridged.trigger import ReconcileTrigger
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class BridgeManager:
         self._uplinks_to_clear: set[int] = set()
         # Tells bridged's own ports (its taps, its VXLAN port) from foreign ones.
         self.is_own_port: Callable[[Link], bool] = lambda link: False
-        self._wakeup = asyncio.Event()
+        self._trigger = ReconcileTrigger()
         self._worker: asyncio.Task[None] | None = None
         # index -> master it had when enslaving failed; retried once that changes.
         self._failed_uplinks: dict[int, int | None] = {}
@@ -82,7 +83,6 @@ class BridgeManager:
         # True when the uplinks are held off because the move could not be made safely
         # (not because it was tried and rolled back): the state is then "degraded".
         self.held_not_tried = False
-        self._idle = asyncio.Event()
         # Listeners: the D-Bus layer, sd_notify status, the tap registry.
         self.on_change: list[Callable[[], None]] = []
         self.on_uplink_changed: list[Callable[[str, str], None]] = []
@@ -197,7 +197,7 @@ class BridgeManager:
         self._match_uplinks()  # the uplink patterns may have changed
         self._bridge_dirty = True
         self._pending_uplinks.update(link.index for link in self.uplinks())
-        self._wakeup.set()
+        self._trigger.wake()
 
     # --- changes -----------------------------------------------------------------------
 
@@ -220,13 +220,13 @@ class BridgeManager:
             self.bridge = new
             if not new.up:
                 self._bridge_dirty = True
-                self._wakeup.set()
+                self._trigger.wake()
             self._notify()
             return
         if self.bridge is None and new.name == self.config.name:
             # Recreated by someone else before we got to it: adopt it.
             self._bridge_dirty = True
-            self._wakeup.set()
+            self._trigger.wake()
             return
         if index in self._uplink_indexes:
             if self.rolled_back is None and self._needs_enslaving(new) and \
@@ -240,7 +240,7 @@ class BridgeManager:
                                 extra={"INTERFACE": new.name,
                                        "BRIDGED_EVENT": "uplink-taken-off"})
                 self._pending_uplinks.add(index)
-                self._wakeup.set()
+                self._trigger.wake()
             self._update_state()
         elif was_uplink:
             log.info("%s was renamed to %s and no longer matches the uplinks",
@@ -268,7 +268,7 @@ class BridgeManager:
             self.bridge = None
             self.addresses = set()
             self._bridge_dirty = True
-            self._wakeup.set()
+            self._trigger.wake()
         elif was_uplink:
             self._failed_uplinks.pop(link.index, None)
             log.warning("uplink %s disappeared", link.name,
@@ -314,21 +314,18 @@ class BridgeManager:
                     extra={"INTERFACE": link.name, "BRIDGED_EVENT": "uplink-address",
                            "BRIDGED_ADDRESS": str(event.address.interface)})
         self._uplinks_to_clear.add(link.index)
-        self._wakeup.set()
+        self._trigger.wake()
 
     def addresses_lost(self) -> None:
         """Address events were lost: read the bridge's addresses again."""
         self._addresses_lost = True
-        self._wakeup.set()
+        self._trigger.wake()
 
     # --- the reconciler ----------------------------------------------------------------
 
     async def _reconcile_forever(self) -> None:
         while True:
-            self._idle.set()
-            await self._wakeup.wait()
-            self._idle.clear()
-            self._wakeup.clear()
+            await self._trigger.next_pass()
             try:
                 await self._reconcile_once()
             except Exception:
@@ -337,11 +334,7 @@ class BridgeManager:
 
     async def settled(self) -> None:
         """Wait until the reconciler has done all the work asked of it so far."""
-        while self._wakeup.is_set() or not self._idle.is_set():
-            if self._idle.is_set():
-                await asyncio.sleep(0)  # let the reconciler see its wakeup
-            else:
-                await self._idle.wait()
+        await self._trigger.settled()
 
     async def roll_back(self, why: str) -> None:
         """Put the host back as it was before the IP move: each uplink gets its own
@@ -402,7 +395,7 @@ class BridgeManager:
         self.rolled_back, self.held_not_tried = None, False
         self._pending_uplinks.update(link.index for link in self.uplinks())
         self._bridge_dirty = True
-        self._wakeup.set()
+        self._trigger.wake()
         self._update_state()
 
     async def _reconcile_once(self) -> None:

@@ -40,6 +40,7 @@ from bridged.kernel.events import AddressEvent, FdbEvent, FdbMonitor
 from bridged.kernel.link import ZERO_MAC, FdbEntry, VxlanInfo
 from bridged.kernel.linktable import LinkTable
 from bridged.kernel.netlink import KernelError, Link, Netlink, VxlanSpec
+from bridged.trigger import ReconcileTrigger
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +180,7 @@ class Overlay:
         self._bridge_seen: tuple[int, int] | None = None  # (index, mtu) reconciled with
         self._name = config.device_name if config is not None else None
         self._peers = PeerLog()
-        self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()
+        self._trigger = ReconcileTrigger()
         self._worker: asyncio.Task[None] | None = None
         self.on_change: list[Callable[[], None]] = []
 
@@ -290,11 +290,7 @@ class Overlay:
 
     async def settled(self) -> None:
         """Wait until the reconciler has done all the work asked of it so far."""
-        while self._wakeup.is_set() or not self._idle.is_set():
-            if self._idle.is_set():
-                await asyncio.sleep(0)  # let the reconciler see its wakeup
-            else:
-                await self._idle.wait()
+        await self._trigger.settled()
 
     # --- changes -----------------------------------------------------------------------
 
@@ -455,14 +451,11 @@ class Overlay:
     # --- the reconciler ----------------------------------------------------------------
 
     def _wake(self) -> None:
-        self._wakeup.set()
+        self._trigger.wake()
 
     async def _reconcile_forever(self) -> None:
         while True:
-            self._idle.set()
-            await self._wakeup.wait()
-            self._idle.clear()
-            self._wakeup.clear()
+            await self._trigger.next_pass()
             await self._reconcile_logged()
 
     async def _reconcile_logged(self) -> None:

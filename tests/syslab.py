@@ -19,7 +19,20 @@ import time
 from pathlib import Path
 
 from tests.buslab import GROUP, MEMBER, OTHER
-from tests.lab import REPO, NetNS, sh, wait_for
+from tests.lab import HOST_V4, LAN_V4, REPO, NetNS, sh, wait_for
+
+# bridged.toml of the packaged daemon in the container: the seed recipe's br0 on eth0.
+CONTAINER_CONFIG = f"""
+[bridge]
+name = "br0"
+uplinks = ["eth0"]
+mac = "uplink"
+
+[ip]
+mode = "static"
+addresses = ["{HOST_V4}/24"]
+gateway = "{LAN_V4}"
+"""
 
 TARGET = """[Unit]
 Description=bridged test boot target

@@ -33,7 +33,7 @@ import pytest
 
 from tests.buslab import MEMBER, ensure_users
 from tests.lab import HOST_V4, LAN_V4, NetNS, wait_for
-from tests.syslab import SystemdContainer, trixie_root
+from tests.syslab import CONTAINER_CONFIG, SystemdContainer, trixie_root
 
 pytestmark = [
     pytest.mark.root,
@@ -42,17 +42,7 @@ pytestmark = [
                        reason="Debian build tools missing (scripts/install-deps)"),
 ]
 MANAGERS = ("network-manager", "ifupdown", "bridge-utils", "isc-dhcp-client")
-CONFIG = f"""
-[bridge]
-name = "br0"
-uplinks = ["eth0"]
-mac = "uplink"
-
-[ip]
-mode = "static"
-addresses = ["{HOST_V4}/24"]
-gateway = "{LAN_V4}"
-"""
+CONFIG = CONTAINER_CONFIG
 # The catch-all many hosts carry: every link gets DHCP.
 CATCH_ALL = "[Match]\nName=*\n\n[Network]\nDHCP=yes\n"
 # How long an uplink may be off the bridge: one re-enslave after someone took it.

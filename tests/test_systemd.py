@@ -20,7 +20,7 @@ import pytest
 from bridged import __version__
 from tests.buslab import MEMBER, OTHER, ensure_users
 from tests.lab import HOST_V4, LAN_V4, Lab, wait_for
-from tests.syslab import SystemdContainer, trixie_root
+from tests.syslab import CONTAINER_CONFIG, SystemdContainer, trixie_root
 
 pytestmark = [
     pytest.mark.root,
@@ -28,17 +28,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("dpkg-buildpackage") is None,
                        reason="Debian build tools missing (scripts/install-deps)"),
 ]
-CONFIG = f"""
-[bridge]
-name = "br0"
-uplinks = ["eth0"]
-mac = "uplink"
-
-[ip]
-mode = "static"
-addresses = ["{HOST_V4}/24"]
-gateway = "{LAN_V4}"
-"""
+CONFIG = CONTAINER_CONFIG
 MANAGER = ("org.bridged.Bridged1", "/org/bridged/Bridged1", "org.bridged.Bridged1.Manager")
 
 
