@@ -40,11 +40,13 @@ def test_mac_option_is_normalised_and_checked():
 
 
 def test_table_script_guards_every_reason_and_holds_ports():
-    script = nft.table_text(4242, [nft.Port("tap0", "52:54:00:12:34:56", {1: (3, 180)}),
+    script = nft.table_text(4242, [nft.Port("tap0", "52:54:00:12:34:56",
+                                            {1: (3, 180), 2: (0, 0)}),
                                    nft.Port("tap1")])
     assert 'elements = { "tap0", "tap1" }' in script
     assert '"tap0" . 52:54:00:12:34:56' in script and '"tap1" :' not in script
     assert '"tap0" . 1 counter packets 3 bytes 180' in script
+    assert '"tap0" . 2' not in script  # a counter at zero is left to the kernel to make
     for reason in nft.REASONS:
         assert f"goto drop_{reason}" in script and f'prefix "bridged:drop:{reason}"' in script
     assert "hook prerouting" in script and "ether type { 8021q, 8021ad }" in script

@@ -160,9 +160,13 @@ def _elements(ports: Iterable[Port]) -> tuple[list[str], list[str], list[str], l
         if port.mac is not None:
             learned.append(f"{name} : {port.mac}")
             macs.append(f"{name} . {port.mac}")
-        for reason in REASONS:
-            packets, octets = port.dropped.get(reason, (0, 0))
-            dropped.append(f"{name} . {reason} counter packets {packets} bytes {octets}")
+        # A (port, reason) counter is made by the kernel at the port's first drop for
+        # that reason (``update @dropped``); one made ahead for every port and reason
+        # would be six elements a port that libnftables reads and writes at each
+        # rebuild: 155 ms instead of 43 at 1000 ports, most of a restart's time.
+        for reason, (packets, octets) in sorted(port.dropped.items()):
+            if packets or octets:
+                dropped.append(f"{name} . {reason} counter packets {packets} bytes {octets}")
     return guarded, learned, macs, dropped
 
 
@@ -300,26 +304,35 @@ def delete_table(nft: Nft) -> None:
 
 
 def _port_commands(verb: str, name: str, mac: str | None,
-                   dropped: dict[int, tuple[int, int]] | None = None) -> list[str]:
-    guarded, learned, macs, counters = _elements([Port(name, mac, dropped or {})])
-    if verb == "delete":  # keys only
-        learned = [item.split(" : ")[0] for item in learned]
-        counters = [item.split(" counter")[0] for item in counters]
-    commands = [f"{verb} element {FAMILY} {TABLE} dropped {{ {', '.join(counters)} }}"]
+                   dropped: dict[int, tuple[int, int]]) -> list[str]:
+    """libnftables commands that add or delete one port's elements. ``dropped``: its
+    counters, by reason; to add, with their values (those at zero are left to the
+    kernel), to delete, every one the kernel holds."""
+    quoted = _quoted(name)
+    if verb == "delete":
+        counters = [f"{quoted} . {reason}" for reason in sorted(dropped)]
+    else:
+        counters = _elements([Port(name, None, dropped)])[3]
+    commands = [f"{verb} element {FAMILY} {TABLE} dropped {{ {', '.join(counters)} }}"] \
+        if counters else []
     if mac is not None:
-        commands += [f"{verb} element {FAMILY} {TABLE} learned {{ {learned[0]} }}",
-                     f"{verb} element {FAMILY} {TABLE} macs {{ {macs[0]} }}"]
+        learned = quoted if verb == "delete" else f"{quoted} : {mac}"
+        commands += [f"{verb} element {FAMILY} {TABLE} learned {{ {learned} }}",
+                     f"{verb} element {FAMILY} {TABLE} macs {{ {quoted} . {mac} }}"]
     # Added last and deleted first: a port is never guarded without its MAC in place.
-    guard = f"{verb} element {FAMILY} {TABLE} guarded {{ {guarded[0]} }}"
+    guard = f"{verb} element {FAMILY} {TABLE} guarded {{ {quoted} }}"
     return [guard, *commands] if verb == "delete" else [*commands, guard]
 
 
-def _port_elements(name: str, mac: str | None) -> list[nftnl.Element]:
-    """A port's elements in the order they are added: its counters, its MAC, and only
-    then ``guarded`` (deleted in the reverse order: a port is never guarded without
-    its MAC in place)."""
+def _port_elements(name: str, mac: str | None,
+                   counters: Iterable[int] = ()) -> list[nftnl.Element]:
+    """A port's elements in the order they are added: its MAC, and only then
+    ``guarded`` (deleted in the reverse order: a port is never guarded without its MAC
+    in place). ``counters``: the reasons whose drop counter the kernel made for it (to
+    delete them with the rest; a new port has none)."""
     _quoted(name)
-    out = [nftnl.Element("dropped", nftnl.ifname_mark_key(name, reason)) for reason in REASONS]
+    out = [nftnl.Element("dropped", nftnl.ifname_mark_key(name, reason))
+           for reason in counters]
     if mac is not None:
         out += [nftnl.Element("learned", nftnl.ifname_key(name), nftnl.mac_bytes(mac)),
                 nftnl.Element("macs", nftnl.ifname_mac_key(name, mac))]
@@ -354,7 +367,8 @@ def guard_ports(nft: Nft, log_group: int, ports: list[tuple[str, str | None]]) -
 
 
 def read_dropped(nft: Nft, name: str) -> dict[int, tuple[int, int]]:
-    """reason -> (packets, bytes) dropped from one port so far."""
+    """reason -> (packets, bytes) dropped from one port so far, for each reason it
+    dropped a frame for (the kernel makes a reason's counter at its first drop)."""
     return read_dropped_many(nft, [name])[name]
 
 
@@ -371,8 +385,8 @@ def read_dropped_many(nft: Nft, names: list[str]) -> dict[str, dict[int, tuple[i
     for name in names:
         for reason in REASONS:
             element = next(answers)
-            if element is not None and element.packets is not None:
-                out[name][reason] = (element.packets, element.bytes or 0)
+            if element is not None:  # made at the first drop for that reason
+                out[name][reason] = (element.packets or 0, element.bytes or 0)
     return out
 
 
@@ -412,7 +426,9 @@ def unguard_ports(nft: Nft, ports: list[tuple[str, str | None]]
     names = [name for name, _mac in ports]
     dropped = read_dropped_many(nft, names)
     macs = {name: mac if mac is not None else learned_mac(nft, name) for name, mac in ports}
-    elements = [element for name in names for element in reversed(_port_elements(name, macs[name]))]
+    # The port's link is gone: no frame of it can make a counter after the read.
+    elements = [element for name in names
+                for element in reversed(_port_elements(name, macs[name], dropped[name]))]
     try:
         nft.raw.delete(TABLE, elements)
         return dict(dropped)
@@ -424,7 +440,8 @@ def unguard_ports(nft: Nft, ports: list[tuple[str, str | None]]
     out: dict[str, dict[int, tuple[int, int]] | NftError] = {}
     for name in names:
         try:
-            nft.raw.delete(TABLE, list(reversed(_port_elements(name, macs[name]))))
+            nft.raw.delete(TABLE, list(reversed(_port_elements(name, macs[name],
+                                                               dropped[name]))))
             out[name] = dropped[name]
         except OSError as e:
             out[name] = NftError.from_kernel(f"removing the guards of {name}", e)
@@ -433,11 +450,13 @@ def unguard_ports(nft: Nft, ports: list[tuple[str, str | None]]
 
 def rename_port(nft: Nft, old: str, new: str, mac: str | None) -> None:
     """Key a port by its new name (one transaction), keeping its counters."""
+    # Frames of the renamed link carry its new name: none can add a counter for the
+    # old name after this read.
     dropped = read_dropped(nft, old)
     if mac is None:
         mac = learned_mac(nft, old)
     nft.run("\n".join(_port_commands("add", new, mac, dropped)
-                      + _port_commands("delete", old, mac)))
+                      + _port_commands("delete", old, mac, dropped)))
 
 
 def forget_mac(nft: Nft, name: str, mac: str) -> None:
