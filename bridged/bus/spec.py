@@ -8,9 +8,17 @@ XML, and a test holds the two equal.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from xml.sax.saxutils import quoteattr
 
 from bridged import api
+
+
+def quoteattr(value: str) -> str:
+    """``value`` as a quoted XML attribute. Not xml.sax.saxutils': importing it brings
+    urllib.request, http.client and email along, ~12 ms of every daemon start."""
+    for char, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;"),
+                         ("\n", "&#10;"), ("\r", "&#13;"), ("\t", "&#9;")):
+        value = value.replace(char, entity)
+    return f'"{value}"'
 
 
 @dataclass(frozen=True)
