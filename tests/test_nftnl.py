@@ -111,22 +111,6 @@ def test_counters_the_kernel_made_go_with_their_port(ns: NetNS) -> None:
     assert listed(ns)["dropped"] == [] and listed(ns)["guarded"] == []
 
 
-def test_many_ports_counters_come_from_one_dump_and_match_the_lookups(ns: NetNS) -> None:
-    ctx = nft.Nft()
-    ports = [nft.Port(f"tap{i}", None, {1: (i, 60 * i)} if i % 3 == 0 else {})
-             for i in range(1, 21)]
-    ports[4].dropped = {2: (7, 420), 6: (1, 90)}
-    nft.replace_table(ctx, LOG_GROUP, ports)
-    names = [port.name for port in ports] + ["tap99"]  # the last has no port at all
-    assert len(names) >= nft.DUMP_FROM_PORTS
-    many = nft.read_dropped_many(ctx, names)
-    assert many == {name: nft.read_dropped(ctx, name) for name in names}  # lookups
-    assert many["tap5"] == {2: (7, 420), 6: (1, 90)} and many["tap3"] == {1: (3, 180)}
-    assert many["tap1"] == many["tap99"] == {}
-    nft.delete_table(ctx)
-    assert nft.read_dropped_many(ctx, names) == {name: {} for name in names}
-
-
 def test_unguard_ports_asks_the_kernel_for_a_mac_it_learned(ns: NetNS) -> None:
     """A port whose first frame's sample was not read yet: its learned MAC is in the
     table all the same, and must go with it."""

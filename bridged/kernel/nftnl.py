@@ -27,15 +27,11 @@ from dataclasses import dataclass
 from bridged.kernel.rtnl import (
     NLM_F_ACK,
     NLM_F_CREATE,
-    NLM_F_DUMP,
-    NLM_F_DUMP_INTR,
     NLM_F_REQUEST,
-    NLMSG_DONE,
     NLMSG_ERROR,
     NLMSGHDR,
     SOL_NETLINK,
     DecodeError,
-    DumpInterrupted,
     NetlinkError,
     _attr,
     _headers,
@@ -61,8 +57,6 @@ NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
 IFNAMSIZ = 16
 U64 = struct.Struct("!Q")
 MARK = struct.Struct("=I")  # nft's mark type is in host byte order
-# A set's dump that saw the ruleset change under it is read again, this many times.
-DUMP_ATTEMPTS = 3
 
 
 def ifname_key(name: str) -> bytes:
@@ -170,39 +164,6 @@ class NftSocket:
                     found[seq] = _decode_found(data, offset, length)
         return [found.get(seq) for seq in seqs]
 
-    def dump(self, table: str, set_name: str) -> list[tuple[bytes, Found]]:
-        """Every element of one set, (key, what the kernel holds), in one trip: cheaper
-        than a lookup per key when most keys would miss. NetlinkError ENOENT when the
-        table or set is not there."""
-        for _attempt in range(DUMP_ATTEMPTS):
-            seq = self._next_seq()
-            self._sock.send(_message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETSETELEM,
-                                     NLM_F_REQUEST | NLM_F_DUMP, seq,
-                                     self._genmsg()
-                                     + _attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
-                                     + _attr(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")))
-            found: list[tuple[bytes, Found]] = []
-            interrupted = False
-            while True:
-                data = self._receive()
-                done = False
-                for kind, flags, msg_seq, port, offset, length in _headers(data):
-                    if port != self._port or msg_seq != seq:
-                        continue
-                    interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
-                    if kind in (NLMSG_DONE, NLMSG_ERROR):
-                        error = decode_error(data, offset, length)
-                        if error is not None:
-                            raise error
-                        done = True
-                    elif kind == NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM:
-                        found += _decode_elements(data, offset, length)
-                if done:
-                    break
-            if not interrupted:
-                return found
-        raise DumpInterrupted(DUMP_ATTEMPTS)
-
     # --- internals -----------------------------------------------------------------
 
     def _next_seq(self) -> int:
@@ -272,51 +233,39 @@ def _element(key: bytes, data: bytes | None) -> bytes:
 
 def _decode_found(data: bytes, offset: int, length: int) -> Found:
     """The element in a NEWSETELEM reply: its value, its counter."""
-    elements = _decode_elements(data, offset, length)
-    return elements[0][1] if elements else Found()
-
-
-def _decode_elements(data: bytes, offset: int, length: int) -> list[tuple[bytes, Found]]:
-    """Each element in a NEWSETELEM message: its key, its value (maps), its counter."""
     start = offset + NLMSGHDR.size + NFGENMSG.size
     if length < NLMSGHDR.size + NFGENMSG.size or offset + length > len(data):
         raise DecodeError(f"a {length}-byte set element message")
     top = attributes(data, start, offset + length)
     if NFTA_SET_ELEM_LIST_ELEMENTS not in top:
-        return []
-    return [_decode_element(data, span)
-            for span in _list_items(data, *top[NFTA_SET_ELEM_LIST_ELEMENTS])]
-
-
-def _value_of(data: bytes, span: tuple[int, int]) -> bytes | None:
-    inner = attributes(data, *span)
-    if NFTA_DATA_VALUE not in inner:
-        return None
-    begin, end = inner[NFTA_DATA_VALUE]
-    return data[begin:end]
-
-
-def _decode_element(data: bytes, span: tuple[int, int]) -> tuple[bytes, Found]:
-    elem = attributes(data, *span)
-    key = _value_of(data, elem[NFTA_SET_ELEM_KEY]) if NFTA_SET_ELEM_KEY in elem else None
-    value = _value_of(data, elem[NFTA_SET_ELEM_DATA]) if NFTA_SET_ELEM_DATA in elem else None
+        return Found()
+    elements = attributes(data, *top[NFTA_SET_ELEM_LIST_ELEMENTS])
+    if NFTA_LIST_ELEM not in elements:
+        return Found()
+    elem = attributes(data, *elements[NFTA_LIST_ELEM])
+    value = None
+    if NFTA_SET_ELEM_DATA in elem:
+        inner = attributes(data, *elem[NFTA_SET_ELEM_DATA])
+        if NFTA_DATA_VALUE in inner:
+            begin, end = inner[NFTA_DATA_VALUE]
+            value = data[begin:end]
     exprs: list[tuple[int, int]] = []
     if NFTA_SET_ELEM_EXPR in elem:  # one expression
         exprs.append(elem[NFTA_SET_ELEM_EXPR])
     if NFTA_SET_ELEM_EXPRESSIONS in elem:  # several: a list of them
         begin, end = elem[NFTA_SET_ELEM_EXPRESSIONS]
         exprs.extend(_list_items(data, begin, end))
-    for expr_span in exprs:
-        expr = attributes(data, *expr_span)
+    for span in exprs:
+        expr = attributes(data, *span)
         if NFTA_EXPR_NAME not in expr or NFTA_EXPR_DATA not in expr:
             continue
         begin, end = expr[NFTA_EXPR_NAME]
         if data[begin:end].split(b"\0", 1)[0] != b"counter":
             continue
         counter = attributes(data, *expr[NFTA_EXPR_DATA])
-        return key or b"", Found(value, _u64(data, counter.get(NFTA_COUNTER_PACKETS)),
-                                 _u64(data, counter.get(NFTA_COUNTER_BYTES)))
-    return key or b"", Found(value)
+        return Found(value, _u64(data, counter.get(NFTA_COUNTER_PACKETS)),
+                     _u64(data, counter.get(NFTA_COUNTER_BYTES)))
+    return Found(value)
 
 
 def _list_items(data: bytes, start: int, end: int) -> list[tuple[int, int]]:
