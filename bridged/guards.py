@@ -75,6 +75,7 @@ class Guards:
         self._last_logged: dict[tuple[int, int], float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._releasing: list[tuple[Tap, asyncio.Future[None]]] = []
+        self._renaming: dict[int, asyncio.Task[None]] = {}  # index -> its rename under way
         self._releaser: asyncio.Task[None] | None = None
         self.on_learned: list[Callable[[Tap], None]] = []
 
@@ -168,6 +169,13 @@ class Guards:
         go to the kernel together: one lane trip, one transaction."""
         if self._taps.get(tap.index) is not tap or not self.available:
             return
+        renaming = self._renaming.get(tap.index)
+        if renaming is not None:
+            # Its counters are being moved to its new name (on the other lane): read and
+            # delete them once they are all there, or those moved after the read stay.
+            await asyncio.wait([renaming])
+            if self._taps.get(tap.index) is not tap:
+                return
         # A sample of the tap's first frame may still wait in our socket.
         if self._monitor is not None:
             self._monitor.drain()
@@ -229,6 +237,9 @@ class Guards:
         """Someone renamed a guarded tap: its guards follow (they are keyed by name)."""
         if self._taps.get(tap.index) is not tap or not self.available:
             return
+        task = asyncio.current_task()
+        assert task is not None
+        self._renaming[tap.index] = task  # the lane runs renames in order: the last counts
         try:
             async with self.creating():
                 await self._netlink.run_nft(nft.rename_port, old_name, tap.name,
@@ -238,6 +249,9 @@ class Guards:
                         "guards' table", tap.name, e,
                         extra={"INTERFACE": tap.name, "BRIDGED_EVENT": "guard-rebuild"})
             self.rebuild_soon()
+        finally:
+            if self._renaming.get(tap.index) is task:
+                del self._renaming[tap.index]
 
     # --- keeping the table -----------------------------------------------------------------
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from bridged.errors import InvalidArgument
+from bridged.guards import Guards
 from bridged.kernel import nft
 from bridged.kernel.link import Link
 from bridged.taps import Tap, parse_options, tap_from_alias
@@ -55,3 +59,47 @@ def test_table_script_guards_every_reason_and_holds_ports():
 def test_names_that_are_not_tap_names_never_reach_nft():
     with pytest.raises(nft.NftError):
         nft.table_text(1, [nft.Port('tap0" } ; flush ruleset ; {')])
+
+
+class GatedLane:
+    """A lane whose nftables work waits for the test's go-ahead; it logs what it ran."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def run_nft(self, fn: Any, *args: Any) -> Any:
+        self.log.append(f"{fn.__name__} starts")
+        await self.gate.wait()
+        self.log.append(f"{fn.__name__} done")
+        if fn is nft.unguard_ports:
+            return {name: {} for name, _mac in args[0]}
+        return None
+
+
+def test_a_release_waits_for_the_rename_of_its_tap_under_way():
+    """A rename moves the counters to the new name on one lane, a release reads and
+    deletes the new name's on the other: run the other way round, the counters moved
+    after the read would stay in the table."""
+    async def scenario() -> list[str]:
+        order: list[str] = []
+        lane, release_lane = GatedLane(order), GatedLane(order)
+        guards = Guards(lane, release_lane, enabled=True)  # type: ignore[arg-type]
+        guards.available = True
+        tap = Tap(name="tap3", index=7, owner_uid=1000, guarded=True, mac="52:54:00:12:34:56")
+        guards.track(tap)
+        lane.gate.clear()
+        tap.name = "vm3"  # the registry follows the kernel's name, then tells the guards
+        renaming = asyncio.create_task(guards.renamed(tap, "tap3"))
+        await asyncio.sleep(0)
+        releasing = asyncio.create_task(guards.release(tap))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert order == ["rename_port starts"], order  # the release waits
+        lane.gate.set()
+        await asyncio.gather(renaming, releasing)
+        return order
+
+    assert asyncio.run(scenario()) == ["rename_port starts", "rename_port done",
+                                       "unguard_ports starts", "unguard_ports done"]
