@@ -1,9 +1,10 @@
 """Times D-Bus Peer.Ping round trips to bridged, back to back, until stdin closes.
 
 Run as its own process by bench/run while taps are being freed, so that the stall it
-sees is the daemon's, not the benchmark's own. Each ping to bridged is followed by one
-to dbus-daemon itself (the bus driver answers it; no bridged code runs): the control,
-what this process, the bus and the machine alone made it wait in the same moments.
+sees is the daemon's, not the benchmark's own. Beside it, on the same connection and
+concurrently (so that it keeps going while a ping to bridged waits), the same ping to
+dbus-daemon itself, which the bus driver answers with no bridged code behind it: the
+control, what this process, the bus and the machine made a ping wait in those moments.
 Prints one JSON line at the end.
 usage: pinger.py BUS_ADDRESS
 """
@@ -17,6 +18,16 @@ from dbus_fast import BusType, Message
 from dbus_fast.aio import MessageBus
 
 
+def stats(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    n = len(ordered)
+    if not n:
+        return {"n": 0, "max_ms": 0, "p50_ms": 0, "p99_ms": 0, "over_5ms": 0}
+    return {"n": n, "max_ms": ordered[-1], "p50_ms": ordered[n // 2],
+            "p99_ms": ordered[min(n - 1, int(n * 0.99))],
+            "over_5ms": sum(1 for s in ordered if s > 5)}
+
+
 async def main() -> None:
     bus = await MessageBus(bus_address=sys.argv[1], bus_type=BusType.SYSTEM).connect()
     loop = asyncio.get_running_loop()
@@ -28,29 +39,24 @@ async def main() -> None:
             stop.set_result(None)
 
     loop.add_reader(sys.stdin.fileno(), on_stdin)
-    ping = Message(destination="org.bridged.Bridged1", path="/org/bridged/Bridged1",
-                   interface="org.freedesktop.DBus.Peer", member="Ping")
-    control = Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                      interface="org.freedesktop.DBus.Peer", member="Ping")
-    samples: list[float] = []
-    controls: list[float] = []
-    print("ready", flush=True)
-    while not stop.done():
-        for message, into in ((ping, samples), (control, controls)):
+
+    async def pinging(destination: str, path: str, into: list[float]) -> None:
+        message = Message(destination=destination, path=path,
+                          interface="org.freedesktop.DBus.Peer", member="Ping")
+        while not stop.done():
             start = time.perf_counter()
             await bus.call(message)
             into.append((time.perf_counter() - start) * 1000)
-        await asyncio.sleep(0.001)
-    samples.sort()
-    controls.sort()
-    n = len(samples)
-    print(json.dumps({"n": n, "max_ms": samples[-1] if n else 0,
-                      "p50_ms": samples[n // 2] if n else 0,
-                      "p99_ms": samples[min(n - 1, int(n * 0.99))] if n else 0,
-                      "over_5ms": sum(1 for s in samples if s > 5),
-                      "bus_max_ms": controls[-1] if controls else 0,
-                      "bus_p99_ms": controls[min(n - 1, int(n * 0.99))] if controls else 0}),
-          flush=True)
+            await asyncio.sleep(0.001)
+
+    samples: list[float] = []
+    controls: list[float] = []
+    print("ready", flush=True)
+    await asyncio.gather(pinging("org.bridged.Bridged1", "/org/bridged/Bridged1", samples),
+                         pinging("org.freedesktop.DBus", "/org/freedesktop/DBus", controls))
+    bridged, control = stats(samples), stats(controls)
+    print(json.dumps({**bridged, "bus_max_ms": control["max_ms"],
+                      "bus_p99_ms": control["p99_ms"]}), flush=True)
 
 
 asyncio.run(main())
