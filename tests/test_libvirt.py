@@ -96,8 +96,12 @@ class Session:
 
     def virsh(self, *args: str, check: bool = True,
               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        # errors="replace": virsh's text is libvirt's, not always UTF-8. Seen once in CI:
+        # after the helper's refusal (ours, intact), libvirt 9.0 printed a stray 0xa0
+        # where a name belongs in its own ": Transport endpoint ..." part.
         result = subprocess.run([*self.prefix, "virsh", "-c", "qemu:///session", *args],
-                                capture_output=True, text=True, timeout=timeout)
+                                capture_output=True, text=True, errors="replace",
+                                timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"virsh {' '.join(args)} failed ({result.returncode}):\n"
                                  f"{result.stdout}{result.stderr}\nlibvirtd:\n"
