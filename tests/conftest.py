@@ -11,6 +11,8 @@ import pytest
 
 from tests.buslab import PrivateBus, ensure_users
 from tests.lab import REPO, Daemon, Lab
+from tests.test_bridge import SEED
+from tests.vmlab import GuestImage, build_guest
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -54,6 +56,19 @@ def bus() -> Iterator[PrivateBus]:
         yield bus
     finally:
         bus.close()
+
+
+@pytest.fixture
+def daemon(bus: PrivateBus, daemon_factory: Callable[..., Daemon]) -> Daemon:
+    """bridged with the seed's setup, serving on the private bus. A module that needs
+    another configuration defines its own ``daemon``."""
+    return daemon_factory(SEED, extra_args=("--bus-address", bus.address)).start()
+
+
+@pytest.fixture(scope="module")
+def image() -> GuestImage:
+    """A guest kernel and initramfs built from Debian packages (cached on disk)."""
+    return build_guest()
 
 
 @pytest.fixture(scope="session")

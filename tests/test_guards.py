@@ -191,11 +191,6 @@ def guests(bus: PrivateBus) -> Iterator[Callable[..., Guest]]:
         guest.close()
 
 
-@pytest.fixture
-def daemon(lab: Lab, bus: PrivateBus, daemon_factory: Callable[..., Daemon]) -> Daemon:
-    return daemon_factory(SEED, extra_args=("--bus-address", bus.address)).start()
-
-
 def table(lab: Lab) -> dict[str, Any]:
     """The guards' table as nft sees it: set name -> elements (keyed by tap name)."""
     result = lab.host.exec("nft", "-j", "list", "table", "bridge", "bridged", check=False)

@@ -26,8 +26,7 @@ import pytest
 
 from tests.buslab import MEMBER, OTHER, PrivateBus
 from tests.lab import Daemon, Lab, sh, wait_for
-from tests.test_bridge import SEED
-from tests.vmlab import GUEST_IP, GuestImage, build_guest
+from tests.vmlab import GUEST_IP, GuestImage
 
 pytestmark = [
     pytest.mark.root,
@@ -39,16 +38,6 @@ pytestmark = [
 ]
 
 DOMAIN = "bridged-vm1"
-
-
-@pytest.fixture(scope="module")
-def image() -> GuestImage:
-    return build_guest()
-
-
-@pytest.fixture
-def daemon(lab: Lab, bus: PrivateBus, daemon_factory: Callable[..., Daemon]) -> Daemon:
-    return daemon_factory(SEED, extra_args=("--bus-address", bus.address)).start()
 
 
 class Session:

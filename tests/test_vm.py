@@ -14,30 +14,18 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 
 import pytest
 
 from tests.buslab import MEMBER, OTHER, PrivateBus
 from tests.lab import Daemon, Lab, wait_for
-from tests.test_bridge import SEED
-from tests.vmlab import GuestImage, GuestRun, build_guest, qemu_command, run_guest
+from tests.vmlab import GuestImage, GuestRun, qemu_command, run_guest
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
                        reason="qemu-system-x86 is not installed (scripts/install-deps)"),
 ]
-
-
-@pytest.fixture(scope="module")
-def image() -> GuestImage:
-    return build_guest()
-
-
-@pytest.fixture
-def daemon(lab: Lab, bus: PrivateBus, daemon_factory: Callable[..., Daemon]) -> Daemon:
-    return daemon_factory(SEED, extra_args=("--bus-address", bus.address)).start()
 
 
 def in_host(lab: Lab, *cmd: str) -> list[str]:
