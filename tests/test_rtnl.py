@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from bridged.kernel import rtnl
+from bridged.kernel import rtnl, tun
 from bridged.kernel.link import INFINITY_LIFE_TIME, Route
-from bridged.kernel.netlink import KernelError, Netlink
+from bridged.kernel.netlink import KernelError, Netlink, TapSpec
 from bridged.kernel.rtnl import (
     NLMSGHDR,
     RTM_GETLINK,
@@ -152,6 +152,31 @@ def test_refusals_carry_the_kernels_reason(lab: Lab):
         finally:
             lane.close()
             sock.close()
+
+
+def test_created_taps_report_the_mtu_asked_for_or_the_kernels(lab: Lab):
+    lab.host.ip("link", "add", "br0", "type", "bridge")
+    with lab.host.entered():
+        lane = Netlink("test-lane")  # its thread starts here, in the namespace
+        try:
+            br0 = socket.if_nametoindex("br0")
+
+            async def make() -> tuple[list[int], dict[str, Any]]:
+                specs = [TapSpec(name="tapm0", master=br0, mac="fe:54:00:00:00:01",
+                                 alias="test", mtu=1400),
+                         TapSpec(name="tapm1", master=br0, mac="fe:54:00:00:00:02",
+                                 alias="test")]  # no MTU asked for
+                created = await asyncio.gather(*(lane.create_tap(spec) for spec in specs))
+                links = lab.host.links()  # while their fds hold them
+                for tap in created:
+                    tun.close_all(tap.fds)
+                return [tap.mtu for tap in created], links
+
+            made, links = asyncio.run(make())
+        finally:
+            lane.close()
+    assert made[0] == links["tapm0"]["mtu"] == 1400
+    assert made[1] == links["tapm1"]["mtu"] > 0  # it was 0: the kernel's was read, then dropped
 
 
 class DisturbedSocket:

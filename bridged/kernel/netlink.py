@@ -381,6 +381,7 @@ class _Making:
         self.spec = spec
         self.fds: list[int] = []
         self.index = 0
+        self.mtu = spec.mtu or 0
         self.guarded = False
         self.error: Exception | None = None
 
@@ -426,12 +427,11 @@ def _create_taps(sock: RtnlSocket, specs: list[TapSpec]) -> list[CreatedTap | Ex
                 sock.port_vlan(tap.index, tap.spec.vlan, add=True, pvid_untagged=True)
                 if tap.spec.vlan != 1:
                     sock.port_vlan(tap.index, 1, add=False)
-            mtu = tap.spec.mtu
-            if mtu is None:
+            if not tap.mtu:  # none asked for: the one the kernel gave it
                 link = sock.get_link(tap.index)
                 if link is None:
                     raise OSError(errnos.ENODEV, "tap vanished while being configured")
-                mtu = link.mtu
+                tap.mtu = link.mtu
         except Exception as e:
             tap.error = e
             tap.undo()
@@ -440,7 +440,7 @@ def _create_taps(sock: RtnlSocket, specs: list[TapSpec]) -> list[CreatedTap | Ex
             tun.close_all(tap.fds)
             tap.fds = []
     return [tap.error if tap.error is not None else
-            CreatedTap(tap.index, tap.spec.mtu or 0, tap.fds) for tap in making]
+            CreatedTap(tap.index, tap.mtu, tap.fds) for tap in making]
 
 
 def _guard_all(taps: list[_Making]) -> None:
