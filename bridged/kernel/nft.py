@@ -374,20 +374,36 @@ def read_dropped(nft: Nft, name: str) -> dict[int, tuple[int, int]]:
 
 def read_dropped_many(nft: Nft, names: list[str]) -> dict[str, dict[int, tuple[int, int]]]:
     """name -> reason -> (packets, bytes), for several ports in one trip."""
+    return _read_ports(nft, names, learned_of=[])[0]
+
+
+def _read_ports(nft: Nft, names: list[str], learned_of: list[str]
+                ) -> tuple[dict[str, dict[int, tuple[int, int]]], dict[str, str | None]]:
+    """The drop counters of ``names`` and the MACs learned by ``learned_of``, all in one
+    trip: a lookup per key (a counter exists only where a port dropped something)."""
     wanted = [("dropped", nftnl.ifname_mark_key(_unquoted(name), reason))
               for name in names for reason in REASONS]
+    wanted += [("learned", nftnl.ifname_key(_unquoted(name))) for name in learned_of]
     try:
         found = nft.raw.get(TABLE, wanted)
     except OSError as e:
-        raise NftError.from_kernel("reading the guards' drop counters", e) from None
-    out: dict[str, dict[int, tuple[int, int]]] = {name: {} for name in names}
+        raise NftError.from_kernel("reading the guards' counters and learned MACs", e) \
+            from None
     answers = iter(found)
+    dropped: dict[str, dict[int, tuple[int, int]]] = {name: {} for name in names}
     for name in names:
         for reason in REASONS:
             element = next(answers)
             if element is not None:  # made at the first drop for that reason
-                out[name][reason] = (element.packets or 0, element.bytes or 0)
-    return out
+                dropped[name][reason] = (element.packets or 0, element.bytes or 0)
+    learned = {name: _mac_of(next(answers)) for name in learned_of}
+    return dropped, learned
+
+
+def _mac_of(found: nftnl.Found | None) -> str | None:
+    if found is None or found.data is None or len(found.data) < 6:
+        return None
+    return ":".join(f"{b:02x}" for b in found.data[:6])
 
 
 def _unquoted(name: str) -> str:
@@ -397,17 +413,10 @@ def _unquoted(name: str) -> str:
 
 def learned_mac(nft: Nft, name: str) -> str | None:
     """The MAC the kernel learned for a port, if any."""
-    try:
-        [found] = nft.raw.get(TABLE, [("learned", nftnl.ifname_key(_unquoted(name)))])
-    except OSError as e:
-        raise NftError.from_kernel(f"reading the MAC {name} learned", e) from None
-    if found is None or found.data is None or len(found.data) < 6:
-        return None
-    return ":".join(f"{b:02x}" for b in found.data[:6])
+    return _read_ports(nft, [], learned_of=[name])[1][name]
 
 
-def unguard_port(nft: Nft, name: str, mac: str | None,
-                 mac_known: bool = True) -> dict[int, tuple[int, int]]:
+def unguard_port(nft: Nft, name: str, mac: str | None) -> dict[int, tuple[int, int]]:
     """Remove one port's guards; return what they dropped. NftError with ``missing``
     when the table does not hold what the arguments say (the caller then rebuilds the
     table)."""
@@ -424,8 +433,9 @@ def unguard_ports(nft: Nft, ports: list[tuple[str, str | None]]
     None is asked for the one the kernel learned (a sample of its first frame may not
     have been read yet)."""
     names = [name for name, _mac in ports]
-    dropped = read_dropped_many(nft, names)
-    macs = {name: mac if mac is not None else learned_mac(nft, name) for name, mac in ports}
+    dropped, learned = _read_ports(nft, names,
+                                   learned_of=[name for name, mac in ports if mac is None])
+    macs = {name: mac if mac is not None else learned[name] for name, mac in ports}
     # The port's link is gone: no frame of it can make a counter after the read.
     elements = [element for name in names
                 for element in reversed(_port_elements(name, macs[name], dropped[name]))]
@@ -452,9 +462,10 @@ def rename_port(nft: Nft, old: str, new: str, mac: str | None) -> None:
     """Key a port by its new name (one transaction), keeping its counters."""
     # Frames of the renamed link carry its new name: none can add a counter for the
     # old name after this read.
-    dropped = read_dropped(nft, old)
+    counters, learned = _read_ports(nft, [old], learned_of=[old] if mac is None else [])
+    dropped = counters[old]
     if mac is None:
-        mac = learned_mac(nft, old)
+        mac = learned[old]
     nft.run("\n".join(_port_commands("add", new, mac, dropped)
                       + _port_commands("delete", old, mac, dropped)))
 
