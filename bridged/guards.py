@@ -27,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from bridged import pacing
 from bridged.kernel import nft
 from bridged.kernel.netlink import GuardSpec, Netlink
 from bridged.kernel.nfevents import LogSample, NetfilterMonitor
@@ -203,15 +204,14 @@ class Guards:
             except Exception as e:  # the lane itself failed: every waiter hears why
                 for tap, done in batch:
                     self._in_release.discard(tap.name)
-                    if not done.done():
-                        done.set_exception(e)
+                    pacing.settle(done, e)
                 self.rebuild_soon()  # what the table holds is unknown now
                 continue
             for tap, done in batch:
                 self._in_release.discard(tap.name)
-                self._released(tap, results.get(tap.name, {}))
-                if not done.done():
-                    done.set_result(None)
+                # Its journal line and its waiter's reply: a few a turn (see pacing).
+                pacing.soon(self._released, tap, results.get(tap.name, {}))
+                pacing.settle(done, None)
 
     def _released(self, tap: Tap, result: dict[int, tuple[int, int]] | nft.NftError) -> None:
         if isinstance(result, nft.NftError):

@@ -28,7 +28,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridged import api
+from bridged import api, pacing
 from bridged.auth import Authorizer, Caller
 from bridged.bridge import BridgeManager
 from bridged.config import TapsConfig
@@ -264,16 +264,13 @@ class Reaper:
                 errors = await self._netlink.delete_links([index for index, _ in batch])
             except Exception as e:  # the lane itself failed: every waiter hears why
                 for _, future in batch:
-                    if not future.done():
-                        future.set_exception(e)
+                    pacing.settle(future, e)
                 continue
+            # The waiters wake a few a turn (see pacing): each logs, frees its guards and
+            # replies, and sixty-four of them at once were one long turn.
             for (index, future), error in zip(batch, errors, strict=True):
-                if future.done():
-                    continue
-                if error is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(KernelError(error, f"delete link {index}"))
+                pacing.settle(future, None if error is None
+                              else KernelError(error, f"delete link {index}"))
 
 
 def _close_fds(_sock: object, fds: list[int]) -> None:

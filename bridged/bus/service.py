@@ -24,7 +24,7 @@ from typing import Any
 from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from bridged import __version__, api
+from bridged import __version__, api, pacing
 from bridged.auth import Caller
 from bridged.bridge import BridgeManager
 from bridged.bus import compat, spec
@@ -190,10 +190,15 @@ class BusService:
         except Exception as e:
             self._reply_error(msg, e)
             return True
+        # Started in a later slice: a hundred calls read at once are not one turn's work
+        # ahead of the next client's (see pacing).
+        pacing.soon(self._start_serving, msg, handler)
+        return True
+
+    def _start_serving(self, msg: Message, handler: Handler) -> None:
         task = asyncio.get_running_loop().create_task(self._serve_later(msg, handler))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return True
 
     def _interfaces_at(self, path: str) -> tuple[spec.Interface, ...] | None:
         if path == api.ROOT_PATH:
@@ -477,7 +482,7 @@ class BusService:
         path = api.tap_path(tap.name)
         self._paths[path] = tap.name
         # After the current step: a call's reply goes out before the signals about it.
-        asyncio.get_running_loop().call_soon(self._announce_tap, tap, path)
+        pacing.soon(self._announce_tap, tap, path)
 
     def _announce_tap(self, tap: Tap, path: str) -> None:
         self._signal(api.ROOT_PATH, spec.MANAGER, "TapAdded", [path, tap.name])
@@ -490,7 +495,7 @@ class BusService:
         path = api.tap_path(tap.name)
         if self._paths.pop(path, None) is None:
             return
-        asyncio.get_running_loop().call_soon(self._announce_tap_gone, tap, path)
+        pacing.soon(self._announce_tap_gone, tap, path)
 
     def _announce_tap_gone(self, tap: Tap, path: str) -> None:
         self._signal(api.ROOT_PATH, spec.MANAGER, "TapRemoved", [path, tap.name])

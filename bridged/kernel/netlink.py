@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from bridged import pacing
 from bridged.kernel import nft, tun
 from bridged.kernel.link import Address, FdbEntry, IPAddress, Link, Route, VxlanInfo
 from bridged.kernel.rtnl import AF_BRIDGE, DecodeError, RtnlSocket, set_link_request
@@ -119,6 +120,16 @@ def _name_thread(name: str) -> None:
     the task that commits a transaction, which tells bridged's own changes from others'."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+
+
+def _deliver(future: asyncio.Future[CreatedTap], result: CreatedTap | Exception) -> None:
+    if future.done():  # its caller gave up; the tap goes with its fds
+        if isinstance(result, CreatedTap):
+            tun.close_all(result.fds)
+    elif isinstance(result, Exception):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
 
 
 class Netlink:
@@ -217,14 +228,10 @@ class Netlink:
                                                      [spec for spec, _ in batch])
             except Exception as e:  # the lane itself failed: every waiter hears why
                 results = [e] * len(batch)
+            # The waiters wake a few a turn (see pacing), each to register its tap and
+            # reply: a batch's worth at once was one long turn.
             for (_spec, future), result in zip(batch, results, strict=True):
-                if future.done():  # its caller gave up; the tap goes with its fds
-                    if isinstance(result, CreatedTap):
-                        tun.close_all(result.fds)
-                elif isinstance(result, BaseException):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+                pacing.soon(_deliver, future, result)
 
     def _create_taps(self, specs: list[TapSpec]) -> list[CreatedTap | Exception]:
         results: list[CreatedTap | Exception] = []
