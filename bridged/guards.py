@@ -24,8 +24,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from bridged import pacing
 from bridged.kernel import nft
@@ -231,7 +231,7 @@ class Guards:
                         "BRIDGED_GUARD_DROPPED": total})
 
     def release_soon(self, tap: Tap) -> None:
-        self._spawn(self.release(tap))
+        pacing.spawn(self.release(tap), self._tasks)
 
     async def renamed(self, tap: Tap, old_name: str) -> None:
         """Someone renamed a guarded tap: its guards follow (they are keyed by name)."""
@@ -316,7 +316,7 @@ class Guards:
             elif sample.mac != tap.mac:
                 # Two first frames at the same instant on two queues: the kernel took
                 # both. Keep the one we heard of first.
-                self._spawn(self._forget_mac(tap, sample.mac))
+                pacing.spawn(self._forget_mac(tap, sample.mac), self._tasks)
             return
         if not sample.prefix.startswith(nft.DROP_PREFIX):
             return
@@ -333,7 +333,7 @@ class Guards:
         if last is None:
             self._log_drop(tap, reason, sample.mac, None)
         else:
-            self._spawn(self._log_drop_count(tap, reason, sample.mac))
+            pacing.spawn(self._log_drop_count(tap, reason, sample.mac), self._tasks)
 
     async def _log_drop_count(self, tap: Tap, reason: int, mac: str | None) -> None:
         dropped = await self._netlink.run_nft(nft.read_dropped, tap.name)
@@ -371,8 +371,3 @@ class Guards:
                     mac, extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
                                 "BRIDGED_EVENT": "guard-learned-twice"})
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        # The loop keeps only weak references to tasks: hold them until done.
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

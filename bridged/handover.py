@@ -18,10 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
-from bridged import probe
+from bridged import pacing, probe
 from bridged.bridge import BridgeManager
 from bridged.config import Config
 from bridged.ipconfig import IPManager
@@ -152,7 +151,7 @@ class Handover:
             if not busy() and not await self.verified("move"):
                 await self.roll_back()
 
-        self._spawn(verify())
+        pacing.spawn(verify(), self._tasks)
 
     # --- reload ------------------------------------------------------------------------------
 
@@ -192,7 +191,7 @@ class Handover:
         # A new uplink (matched by a glob or MAC) is named to the managers; claim() does
         # nothing for names they were told already.
         if state == "enslaved" and self.claims is not None:
-            self._spawn(self.claim())
+            pacing.spawn(self.claim(), self._tasks)
 
     def _claimed_names(self, uplinks: bool | None = None) -> ClaimedNames:
         """The bridge (unless networkd leases its address), the uplinks and the taps,
@@ -268,7 +267,3 @@ class Handover:
                       "systemd-networkd, or ip.mode = \"static\"", self.config.bridge.name,
                       why, extra={"BRIDGED_EVENT": "dhcp-failed"})
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

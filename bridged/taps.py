@@ -24,7 +24,7 @@ import re
 import secrets
 import select
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -529,7 +529,8 @@ class TapRegistry:
         if pidfd is not None:
             asyncio.get_running_loop().remove_reader(pidfd)
         if tap is not None:
-            self._spawn(self._delete(tap, f"client process {tap.client_pid} exited"))
+            pacing.spawn(self._delete(tap, f"client process {tap.client_pid} exited"),
+                         self._tasks)
 
     async def _delete(self, tap: Tap, why: str) -> None:
         if not self._forget(tap):
@@ -571,7 +572,7 @@ class TapRegistry:
             self._forget_keep_pidfd(tap)
             old_name, tap.name = tap.name, new.name
             self._register_again(tap)
-            self._spawn(self._guards.renamed(tap, old_name))
+            pacing.spawn(self._guards.renamed(tap, old_name), self._tasks)
         bridge = self._bridge.index
         if bridge is not None and (new.master != bridge or not new.up):
             if old is not None and old.master == bridge and new.master != bridge:
@@ -671,8 +672,8 @@ class TapRegistry:
                 if pidfd < 0:
                     # On the reaper lane, not awaited: a thousand dead clients must not
                     # hold READY up.
-                    self._spawn(self._remove_from_kernel(
-                        tap, f"client process {tap.client_pid} is gone"))
+                    pacing.spawn(self._remove_from_kernel(
+                        tap, f"client process {tap.client_pid} is gone"), self._tasks)
                     continue
                 self._register(tap, pidfd)
             else:
@@ -706,18 +707,13 @@ class TapRegistry:
             return -1
         return pidfd
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        # The loop keeps only weak references to tasks: hold them until done.
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def close_fds(self, fds: list[int]) -> None:
         """Our copies of a tap's fds that no reply carried out: they are the tap's last,
         closed on the reaper lane, not here (it blocks while the kernel unregisters the
         tap). Those a reply carried close as it is sent (bus.compat.hand_over)."""
         if fds:
-            self._spawn(self._reaper.close(list(fds)))
+            pacing.spawn(self._reaper.close(list(fds)), self._tasks)
 
     def owns(self, link: Link) -> bool:
         """Is ``link`` one of bridged's taps (registered, or being created)?"""
@@ -730,7 +726,7 @@ class TapRegistry:
             return
         for listener in self.on_changed:
             listener(tap)
-        self._spawn(self._save_alias(tap))
+        pacing.spawn(self._save_alias(tap), self._tasks)
 
     async def _save_alias(self, tap: Tap) -> None:
         try:

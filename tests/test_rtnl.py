@@ -356,3 +356,38 @@ def test_dynamic_addresses_keep_their_lifetimes_when_moved(lab: Lab):
     static = on_bridge["198.51.100.60/24"]
     assert static.get("noprefixroute") and static["valid_life_time"] == INFINITY_LIFE_TIME
     assert host.addresses("eth0") == set()
+
+
+def test_monitor_passes_over_news_made_old_in_the_same_group_but_never_a_removal(lab: Lab):
+    """The kernel sends one event per datagram; the monitor reads a group of them and
+    hands on a link's last RTM_NEWLINK of the group, each removal with the news before
+    it, and the bridge's AF_BRIDGE port notices not at all."""
+    from bridged.kernel.events import LinkEvent, LinkMonitor
+
+    seen: list[LinkEvent] = []
+    with lab.host.entered():
+        monitor = LinkMonitor(seen.append, on_overrun=lambda: pytest.fail("overran"))
+
+        async def main() -> None:
+            lab.host.ip("link", "add", "br9", "type", "bridge")
+            lab.host.ip("tuntap", "add", "dev", "tap9", "mode", "tap")
+            monitor.start()  # tap9's news below are the first of the first group
+            try:
+                for mtu in (1400, 1300, 1280):  # three RTM_NEWLINKs, one after the other
+                    lab.host.ip("link", "set", "tap9", "mtu", str(mtu))
+                lab.host.ip("link", "set", "tap9", "master", "br9")  # AF_BRIDGE notices too
+                lab.host.ip("tuntap", "add", "dev", "tap8", "mode", "tap")
+                lab.host.ip("link", "set", "tap8", "mtu", "1300")
+                lab.host.ip("link", "del", "tap8")  # news, then removal: both stay
+                monitor.drain()
+            finally:
+                monitor.stop()
+
+        asyncio.run(main())
+    tap9 = [e.link for e in seen if e.link.name == "tap9"]
+    assert tap9 and tap9[-1].mtu == 1280 and tap9[-1].master is not None
+    # The group held all of tap9's news: only its last state was handed on.
+    assert len(tap9) == 1, [(link.mtu, link.master) for link in tap9]
+    tap8 = [(e.removed, e.link.mtu) for e in seen if e.link.name == "tap8"]
+    assert tap8[-2:] == [(False, 1300), (True, 1300)]
+    assert all(e.link.family != rtnl.AF_BRIDGE for e in seen)

@@ -190,15 +190,10 @@ class BusService:
         except Exception as e:
             self._reply_error(msg, e)
             return True
-        # Started in a later slice: a hundred calls read at once are not one turn's work
+        # Begun in a later slice: a hundred calls read at once are not one turn's work
         # ahead of the next client's (see pacing).
-        pacing.soon(self._start_serving, msg, handler)
+        pacing.spawn(self._serve_later(msg, handler), self._tasks)
         return True
-
-    def _start_serving(self, msg: Message, handler: Handler) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve_later(msg, handler))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _interfaces_at(self, path: str) -> tuple[spec.Interface, ...] | None:
         if path == api.ROOT_PATH:
