@@ -50,6 +50,8 @@ class JournalHandler(logging.Handler):
 
 def one_line(text: str) -> str:
     """Text a user may have chosen (a label, a name), unable to break a log line."""
+    if text.isprintable():  # nearly always: no copy, character by character
+        return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
                    for c in text)
 
@@ -96,6 +98,12 @@ def setup(target: str = "auto", level: int = logging.INFO) -> str:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(ConsoleFormatter())
+    # Neither the journal's fields nor the console line name a thread or process (the
+    # journal adds _PID itself): not looked up for every record (a tap's lifetime logs
+    # two or three lines).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger("bridged")
     root.handlers[:] = [handler]
     root.setLevel(level)
