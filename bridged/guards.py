@@ -25,6 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bridged import pacing
@@ -51,6 +52,28 @@ REASON_TEXT = {
 }
 
 
+# reason -> (packets, bytes) a port's guards dropped, as nft.unguard_ports reads them.
+Counters = dict[int, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class DropSummary:
+    """What a tap's guards dropped in its lifetime, read as they were removed: said in
+    the tap's removal line (one line for the tap and its guards)."""
+
+    dropped: int
+    text: str
+
+    @classmethod
+    def of(cls, counters: Counters) -> DropSummary:
+        total = sum(packets for packets, _ in counters.values())
+        if not total:
+            return cls(0, "its guards dropped nothing")
+        detail = ", ".join(f"{nft.REASONS[r]} {p}" for r, (p, _) in sorted(counters.items())
+                           if p)
+        return cls(total, f"its guards dropped {total} frames ({detail})")
+
+
 class GuardsUnavailable(Exception):
     """The guards are asked for but libnftables cannot be used."""
 
@@ -75,7 +98,7 @@ class Guards:
         self._rebuilder: asyncio.Task[None] | None = None
         self._last_logged: dict[tuple[int, int], float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._releasing: list[tuple[Tap, asyncio.Future[None]]] = []
+        self._releasing: list[tuple[Tap, asyncio.Future[Counters | None]]] = []
         self._renaming: dict[int, asyncio.Task[None]] = {}  # index -> its rename under way
         self._releaser: asyncio.Task[None] | None = None
         self.on_learned: list[Callable[[Tap], None]] = []
@@ -163,20 +186,22 @@ class Guards:
         if tap.guarded:
             self._taps[tap.index] = tap
 
-    async def release(self, tap: Tap) -> None:
-        """The tap's link is gone: its guards go, with a summary of what they did.
+    async def release(self, tap: Tap) -> DropSummary | None:
+        """The tap's link is gone: its guards go. Returns what they dropped in its
+        lifetime, for the tap's removal line; None if it had no guards to remove (or their
+        removal failed, which is logged here).
 
         Releases that arrive together (VMs stopped together, a batch of deletes done)
         go to the kernel together: one lane trip, one transaction."""
         if self._taps.get(tap.index) is not tap or not self.available:
-            return
+            return None
         renaming = self._renaming.get(tap.index)
         if renaming is not None:
             # Its counters are being moved to its new name (on the other lane): read and
             # delete them once they are all there, or those moved after the read stay.
             await asyncio.wait([renaming])
             if self._taps.get(tap.index) is not tap:
-                return
+                return None
         # A sample of the tap's first frame may still wait in our socket.
         if self._monitor is not None:
             self._monitor.drain()
@@ -184,11 +209,12 @@ class Guards:
         self._in_release.add(tap.name)
         for key in [k for k in self._last_logged if k[0] == tap.index]:
             del self._last_logged[key]
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[Counters | None] = asyncio.get_running_loop().create_future()
         self._releasing.append((tap, done))
         if self._releaser is None or self._releaser.done():
             self._releaser = asyncio.get_running_loop().create_task(self._release_waiting())
-        await done
+        counters = await done
+        return None if counters is None else DropSummary.of(counters)
 
     async def _release_waiting(self) -> None:
         while self._releasing:
@@ -209,26 +235,20 @@ class Guards:
                 continue
             for tap, done in batch:
                 self._in_release.discard(tap.name)
-                # Its journal line and its waiter's reply: a few a turn (see pacing).
-                pacing.soon(self._released, tap, results.get(tap.name, {}))
-                pacing.settle(done, None)
-
-    def _released(self, tap: Tap, result: dict[int, tuple[int, int]] | nft.NftError) -> None:
-        if isinstance(result, nft.NftError):
-            # The table does not hold what we think: write it again from what we know.
-            log.warning("removing the guards of %s: %s; rebuilding the guards' table",
-                        tap.name, result, extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
-                                                 "BRIDGED_EVENT": "guard-rebuild"})
-            self.rebuild_soon()
-            return
-        total = sum(packets for packets, _ in result.values())
-        detail = ", ".join(f"{nft.REASONS[r]} {p}" for r, (p, _) in sorted(result.items())
-                           if p)
-        log.info("tap %s: guards removed; %s", tap.name,
-                 f"they dropped {total} frames ({detail})" if total else "nothing dropped",
-                 extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
-                        "BRIDGED_UID": tap.owner_uid, "BRIDGED_EVENT": "guard-removed",
-                        "BRIDGED_GUARD_DROPPED": total})
+                result = results.get(tap.name, {})
+                counters: Counters | None = None
+                if isinstance(result, nft.NftError):
+                    # The table does not hold what we think: write it again from what we
+                    # know.
+                    log.warning("removing the guards of %s: %s; rebuilding the guards' table",
+                                tap.name, result,
+                                extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
+                                       "BRIDGED_EVENT": "guard-rebuild"})
+                    self.rebuild_soon()
+                else:
+                    counters = result
+                # Each waiter logs its tap's removal and replies: a few a turn (pacing).
+                pacing.settle(done, counters)
 
     def release_soon(self, tap: Tap) -> None:
         pacing.spawn(self.release(tap), self._tasks)

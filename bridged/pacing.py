@@ -86,7 +86,7 @@ def soon(step: Callable[..., object], *args: Any) -> None:
     pacer().soon(step, *args)
 
 
-def spawn(work: Coroutine[Any, Any, None], tasks: set[asyncio.Task[None]]) -> None:
+def spawn(work: Coroutine[Any, Any, object], tasks: set[asyncio.Task[None]]) -> None:
     """Start ``work`` as a task that begins in a later slice (a hundred VMs exiting at
     once are a hundred deletes to begin), held in ``tasks`` until done: the loop keeps
     only weak references to tasks, and the owner cancels ``tasks`` when it stops."""
@@ -98,7 +98,7 @@ def spawn(work: Coroutine[Any, Any, None], tasks: set[asyncio.Task[None]]) -> No
     task.add_done_callback(lambda _task: work.close())
 
 
-async def _when_paced(work: Coroutine[Any, Any, None]) -> None:
+async def _when_paced(work: Coroutine[Any, Any, object]) -> None:
     turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     settle(turn, None)
     await turn

@@ -41,7 +41,7 @@ from bridged.errors import (
     NoSuchTap,
     QuotaExceeded,
 )
-from bridged.guards import Guards
+from bridged.guards import DropSummary, Guards
 from bridged.kernel import tun
 from bridged.kernel.linktable import LinkTable
 from bridged.kernel.netlink import CreatedTap, KernelError, Link, Netlink, TapSpec
@@ -546,8 +546,7 @@ class TapRegistry:
                 log.error("deleting tap %s failed: %s", tap.name, e,
                           extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name})
                 return
-        _log_removed(tap, why)
-        await self._guards.release(tap)
+        _log_removed(tap, why, await self._guards.release(tap))
 
     def link_changed(self, old: Link | None, new: Link | None) -> None:
         """The link table's news about our taps: gone, renamed, taken off the bridge."""
@@ -557,9 +556,9 @@ class TapRegistry:
                 self._gone_while_creating.add(old.index)
             tap = self._by_index.get(old.index)
             if tap is not None and self._forget(tap):
-                _log_removed(tap, "deleted outside bridged" if tap.persistent
-                             else "its last file descriptor was closed")
-                self._guards.release_soon(tap)
+                pacing.spawn(self._gone(tap, "deleted outside bridged" if tap.persistent
+                                        else "its last file descriptor was closed"),
+                             self._tasks)
             return
         tap = self._by_index.get(new.index)
         if tap is None:
@@ -581,6 +580,10 @@ class TapRegistry:
                             extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
                                    "BRIDGED_EVENT": "tap-taken-off"})
             self._attach_soon(tap.index)
+
+    async def _gone(self, tap: Tap, why: str) -> None:
+        """Its link is gone (not by our delete): its guards go, then its one line."""
+        _log_removed(tap, why, await self._guards.release(tap))
 
     def _forget_keep_pidfd(self, tap: Tap) -> None:
         if self.taps.get(tap.name) is tap:
@@ -740,7 +743,11 @@ class TapRegistry:
         return sum(1 for t in self.taps.values() if t.owner_uid == uid)
 
 
-def _log_removed(tap: Tap, why: str) -> None:
-    log.info("tap %s removed: %s", tap.name, why,
-             extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
-                    "BRIDGED_UID": tap.owner_uid, "BRIDGED_EVENT": "tap-removed"})
+def _log_removed(tap: Tap, why: str, guards: DropSummary | None) -> None:
+    fields: dict[str, object] = {"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
+                                 "BRIDGED_UID": tap.owner_uid, "BRIDGED_EVENT": "tap-removed"}
+    if guards is None:
+        log.info("tap %s removed: %s", tap.name, why, extra=fields)
+        return
+    fields["BRIDGED_GUARD_DROPPED"] = guards.dropped
+    log.info("tap %s removed: %s; %s", tap.name, why, guards.text, extra=fields)

@@ -247,12 +247,15 @@ def test_guarded_tap_sends_only_as_its_guest(lab: Lab, bus: PrivateBus, daemon: 
     guest.send(*(plain(OTHER_MAC, 100 + i) for i in range(20)))
     time.sleep(0.3)
     assert daemon.log().count("guards dropped frames from a source MAC") == 1
-    # Freed with its fd (the kernel deletes the tap): its guards go, with a summary.
+    # Freed with its fd (the kernel deletes the tap): its guards go, and the tap's one
+    # removal line sums up what they dropped.
     guest.close()
-    wait_for(lambda: "guards removed; they dropped" in daemon.log(), what="summary")
-    summary = next(line for line in daemon.log().splitlines() if "guards removed" in line)
-    assert "they dropped 28 frames (source-mac 23, vlan 1, arp-sender 1, router 1, " \
+    removed = f"tap {guest.ifname} removed: its last file descriptor was closed; "
+    wait_for(lambda: removed in daemon.log(), what="summary")
+    summary = next(line for line in daemon.log().splitlines() if removed in line)
+    assert "its guards dropped 28 frames (source-mac 23, vlan 1, arp-sender 1, router 1, " \
         "dhcp-server 1, dhcp6-server 1)" in summary, summary
+    assert "BRIDGED_GUARD_DROPPED=28" in summary, summary
     after = table(lab)
     for name in ("guarded", "learned", "macs", "dropped"):
         assert not mentions(after[name], guest.ifname), (name, after[name])
@@ -307,7 +310,10 @@ def test_guards_hold_through_sigkill_and_restart(lab: Lab, bus: PrivateBus, daem
     guest.close()
     wait_for(lambda: not mentions(table(lab).get("guarded", []), guest.ifname),
              what="guards gone with the tap")
-    assert "guards removed" in second.log()
+    # What they dropped before the kill, while no daemon ran and after: all counted.
+    wait_for(lambda: f"tap {guest.ifname} removed: its last file descriptor was closed; its "
+             "guards dropped 4 frames (source-mac 2, router 1, dhcp-server 1)" in second.log(),
+             what="the removal line with the whole life's drops")
 
 
 def test_restart_removes_guards_of_taps_that_are_not_ours(

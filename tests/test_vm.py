@@ -59,8 +59,10 @@ def test_guest_via_bridgectl_run(lab: Lab, bus: PrivateBus, daemon: Daemon, imag
     # The guards were on from the first frame, with the MAC bridgectl gave the guest,
     # and a guest that is itself lost nothing to them.
     assert "(e2e-run); guarded, guest MAC 52:54:00:" in daemon.log()
-    wait_for(lambda: "tap tap0: guards removed; nothing dropped" in daemon.log(),
-             what="guards removed with the tap")
+    wait_for(lambda: any(line.startswith("info: tap tap0 removed: ") and
+                         "; its guards dropped nothing" in line
+                         for line in daemon.log().splitlines()),
+             what="the tap's removal line, with its guards' summary")
 
 
 def test_guest_via_qemu_bridge_helper_protocol(lab: Lab, bus: PrivateBus, daemon: Daemon,
