@@ -38,8 +38,8 @@ STEPS_PER_TURN = 8
 class Pacer:
     """A FIFO of steps run ``per_turn`` at a time, one slice per turn of the loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, per_turn: int = STEPS_PER_TURN) -> None:
-        self._loop = loop
+    def __init__(self, per_turn: int = STEPS_PER_TURN) -> None:
+        # No reference to its loop (it runs there): the loop's entry in _pacers goes with it.
         self._per_turn = per_turn
         self._steps: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
         self._scheduled = False
@@ -51,7 +51,7 @@ class Pacer:
         self._steps.append((step, args))
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self._run_slice)
+            asyncio.get_running_loop().call_soon(self._run_slice)
 
     def _run_slice(self) -> None:
         for _ in range(min(self._per_turn, len(self._steps))):
@@ -63,7 +63,7 @@ class Pacer:
         if self._steps:
             # Queued now, so it runs next turn after what this slice woke and before
             # the callbacks of the sockets that turn finds readable.
-            self._loop.call_soon(self._run_slice)
+            asyncio.get_running_loop().call_soon(self._run_slice)
         else:
             self._scheduled = False
 
@@ -77,7 +77,7 @@ def pacer() -> Pacer:
     loop = asyncio.get_running_loop()
     found = _pacers.get(loop)
     if found is None:
-        found = _pacers[loop] = Pacer(loop)
+        found = _pacers[loop] = Pacer()
     return found
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 
@@ -158,6 +159,26 @@ def test_bridge_deleted_under_the_daemon_is_recreated(lab: Lab, daemon_factory: 
                          for r in lab.host.routes()), what="default route back")
     assert lab.host.ping(LAN_V4)
     assert "bridge br0 was deleted" in daemon.log()
+
+
+def test_bridge_set_down_and_up_while_the_daemon_is_busy_gets_its_ip_back(
+        lab: Lab, daemon_factory: DaemonFactory):
+    """Both events wait in the daemon's socket (it is stopped): setting br0 down flushed
+    its routes and IPv6 address, so the down must be news even though the up follows
+    (found in review: events passed over when a newer one of the link followed)."""
+    daemon = daemon_factory(SEED).start()
+    assert enslaved(lab)
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        lab.host.ip("link", "set", "br0", "down")
+        lab.host.ip("link", "set", "br0", "up")
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    wait_for(lambda: f"{HOST_V6}/64" in lab.host.addresses("br0"), what="IPv6 address back")
+    wait_for(lambda: [(r["gateway"], r["dev"]) for r in lab.host.routes()
+                      if r["dst"] == "default"] == [(LAN_V4, "br0")],
+             what="default route back")
+    assert lab.host.ping(LAN_V4)
 
 
 def test_bridge_port_notifications_are_not_new_links(lab: Lab, daemon_factory: DaemonFactory):

@@ -498,7 +498,12 @@ class BusService:
         self.properties_changed()
 
     def tap_changed(self, tap: Tap, names: tuple[str, ...] = ("Guarded", "MAC")) -> None:
-        """Some of a tap's properties changed (its MAC learned, guards switched)."""
+        """Some of a tap's properties changed (its MAC learned, guards switched). Sent
+        in the pacer's order, behind the TapAdded / InterfacesAdded that may still wait
+        there: a client hears of a property of an object it has been told exists."""
+        pacing.soon(self._announce_tap_changed, tap, names)
+
+    def _announce_tap_changed(self, tap: Tap, names: tuple[str, ...]) -> None:
         path = api.tap_path(tap.name)
         if self._paths.get(path) != tap.name:
             return

@@ -27,6 +27,7 @@ from bridged.kernel.rtnl import (
     RTM_NEWADDR,
     RTM_NEWLINK,
     RTM_NEWNEIGH,
+    DecodeError,
     address_index,
     decode_address,
     decode_fdb,
@@ -42,9 +43,6 @@ RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV6_IFADDR = 0x100
 RTMGRP_NEIGH = 0x4
 RCVBUF = 8 * 1024 * 1024
-# Datagrams read before they are handled. Handling a link event costs ~50 us when it is
-# not passed over, so a group stays well inside a turn's budget (pacing).
-GROUP = 16
 
 
 @dataclass(frozen=True)
@@ -129,31 +127,23 @@ class EventReader:
 
     def _read(self, until: float) -> None:
         while self._sock is not None and time.monotonic() < until:
-            # A few datagrams at a time (the kernel sends one event in each), so that a
-            # reader can pass over the events that later ones in the same group make old.
-            group: list[bytes] = []
-            overran = False
-            while len(group) < GROUP:
-                try:
-                    group.append(self._sock.recv(1 << 16))
-                except BlockingIOError:
-                    break
-                except OSError as e:
-                    if e.errno != errno.ENOBUFS:
-                        raise
-                    overran = True
-                    break
-            if group:
-                self._dispatch_group(group)
-            if overran:
+            try:
+                data = self._sock.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
                 log.warning("%s queue overran; %s", self.what, self.recovery)
                 self._on_overrun()
-            elif len(group) < GROUP:
-                return  # the queue is empty
-
-    def _dispatch_group(self, group: list[bytes]) -> None:
-        for data in group:
-            self._dispatch(data)
+                continue
+            try:
+                self._dispatch(data)
+            except DecodeError as e:
+                # A datagram that does not parse is an event lost like an overrun's:
+                # the same recovery, and the events behind it are still read.
+                log.warning("%s that does not parse (%s); %s", self.what, e, self.recovery)
+                self._on_overrun()
 
 
 class LinkMonitor(EventReader):
@@ -188,18 +178,15 @@ class LinkMonitor(EventReader):
         return event_socket(groups=groups)
 
     def _dispatch(self, data: bytes) -> None:
-        self._dispatch_group([data])
-
-    def _dispatch_group(self, group: list[bytes]) -> None:
-        """One pass over the messages of a group of datagrams, in the kernel's order."""
-        batch = [(data, kind, offset, length) for data in group
-                 for kind, _seq, offset, length in messages(data)]
-        superseded = _superseded(batch)
-        for position, (data, kind, offset, length) in enumerate(batch):
-            if position in superseded:
-                continue
+        """The messages of one datagram (the kernel sends one event in each), in order.
+        Every RTM_NEWLINK is handed on, however soon a newer one follows: a flip that is
+        over by the next message (the bridge set down and up: its routes and IPv6
+        addresses flushed) is news a subscriber must see."""
+        for kind, _seq, offset, length in messages(data):
             try:
                 if kind in (RTM_NEWLINK, RTM_DELLINK):
+                    if _bridge_port_notice(data, offset, length):
+                        continue
                     self._on_event(LinkEvent(kind == RTM_DELLINK,
                                              decode_link(data, offset, length)))
                 elif kind in (RTM_NEWADDR, RTM_DELADDR) and self._on_address is not None \
@@ -209,6 +196,8 @@ class LinkMonitor(EventReader):
                     decoded = decode_address(data, offset, length)
                     if decoded is not None:
                         self._on_address(AddressEvent(kind == RTM_DELADDR, *decoded))
+            except DecodeError:
+                raise  # an event lost: the reader resynchronises
             except Exception:
                 log.exception("handling netlink event (type %d) failed", kind)
 
@@ -244,29 +233,17 @@ class FdbMonitor(EventReader):
                 entry = decode_fdb(data, offset, length)
                 if entry is not None and entry.own:
                     self._on_event(FdbEvent(kind == RTM_DELNEIGH, entry))
+            except DecodeError:
+                raise  # an event lost: the reader resynchronises
             except Exception:
                 log.exception("handling netlink FDB event (type %d) failed", kind)
 
-def _superseded(batch: list[tuple[bytes, int, int, int]]) -> set[int]:
-    """Positions of the link messages in ``batch`` (data, type, offset, length) that
-    need no decoding: AF_BRIDGE port notices, and RTM_NEWLINKs followed by a newer one of
-    the same link (with no removal in between)."""
-    skip: set[int] = set()
-    latest: dict[int, int] = {}  # link index -> position of its last RTM_NEWLINK so far
-    for position, (data, kind, offset, length) in enumerate(batch):
-        if kind not in (RTM_NEWLINK, RTM_DELLINK) or length < 16 + IFINFO_HEAD.size:
-            continue
-        family, index = IFINFO_HEAD.unpack_from(data, offset + 16)
-        if family == AF_BRIDGE:
-            skip.add(position)
-        elif kind == RTM_DELLINK:
-            latest.pop(index, None)  # the news before a removal stays news
-        else:
-            earlier = latest.get(index)
-            if earlier is not None:
-                skip.add(earlier)
-            latest[index] = position
-    return skip
+def _bridge_port_notice(data: bytes, offset: int, length: int) -> bool:
+    """An AF_BRIDGE RTM_NEWLINK/DELLINK: the bridge's view of a port, which nothing here
+    reads (its DELLINK means "left the bridge", not "deleted"). Told by the header alone,
+    so never decoded."""
+    return length >= 16 + IFINFO_HEAD.size and \
+        IFINFO_HEAD.unpack_from(data, offset + 16)[0] == AF_BRIDGE
 
 
 IFINFO_HEAD = struct.Struct("=BxxxI")  # ifinfomsg: family, pad, type, then index
