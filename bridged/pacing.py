@@ -1,10 +1,10 @@
 """Bulk work spread over turns of the event loop, a few steps a turn.
 
 asyncio runs, in one turn of its loop, every callback that was ready when the turn
-began, and reads its sockets only between turns. When one kernel batch finishes (sixty
--four taps deleted in one trip), sixty-four waiting calls become ready together: their
-replies, their journal lines and their signals are one turn's work, ~5 ms here, and a
-call from another client, already in the bus socket, waits for all of it. The daemon
+began, and reads its sockets only between turns. When one kernel batch finishes (64
+taps deleted in one trip), 64 waiting calls become ready together: their replies, their
+journal lines and their signals are one turn's work, ~5 ms here, and a call from
+another client, already in the bus socket, waits for all of it. The daemon
 therefore hands such steps to ``soon`` rather than running them at once: the pacer runs
 ``STEPS_PER_TURN`` of them and leaves the rest for the next turn, so the sockets are
 read between slices. Order is kept (first in, first run); nothing is dropped.
@@ -43,9 +43,6 @@ class Pacer:
         self._per_turn = per_turn
         self._steps: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
         self._scheduled = False
-
-    def __len__(self) -> int:
-        return len(self._steps)
 
     def soon(self, step: Callable[..., object], *args: Any) -> None:
         self._steps.append((step, args))

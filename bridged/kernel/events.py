@@ -120,9 +120,10 @@ class EventReader:
         self._read(until=math.inf)
 
     def _readable(self) -> None:
-        # One slice a turn (see pacing): a hundred taps deleted at once queue ~300
-        # events, ~25 ms of handling, and the bus socket is read only between turns.
-        # What is left stays queued; the socket is still readable next turn.
+        # One slice a turn (see pacing): a hundred taps deleted at once queue ~700
+        # events (seven a tap), ~30 ms of handling, and the bus socket is read only
+        # between turns. What is left stays queued; the socket is still readable (level-
+        # triggered) next turn.
         self._read(until=time.monotonic() + pacing.TURN_BUDGET_S)
 
     def _read(self, until: float) -> None:
