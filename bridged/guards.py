@@ -188,8 +188,9 @@ class Guards:
 
     async def release(self, tap: Tap) -> DropSummary | None:
         """The tap's link is gone: its guards go. Returns what they dropped in its
-        lifetime, for the tap's removal line; None if it had no guards to remove (or their
-        removal failed, which is logged here).
+        lifetime, for the tap's removal line; None if it had no guards to remove, or their
+        removal failed (logged here, and the table rebuilt: the tap is gone all the same,
+        so its removal is not an error for whoever asked).
 
         Releases that arrive together (VMs stopped together, a batch of deletes done)
         go to the kernel together: one lane trip, one transaction."""
@@ -213,7 +214,13 @@ class Guards:
         self._releasing.append((tap, done))
         if self._releaser is None or self._releaser.done():
             self._releaser = asyncio.get_running_loop().create_task(self._release_waiting())
-        counters = await done
+        try:
+            counters = await done
+        except Exception as e:  # the lane failed; the table is being rebuilt (below)
+            log.warning("removing the guards of %s: %s; rebuilding the guards' table",
+                        tap.name, e, extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
+                                            "BRIDGED_EVENT": "guard-rebuild"})
+            return None
         return None if counters is None else DropSummary.of(counters)
 
     async def _release_waiting(self) -> None:

@@ -103,3 +103,30 @@ def test_a_release_waits_for_the_rename_of_its_tap_under_way():
 
     assert asyncio.run(scenario()) == ["rename_port starts", "rename_port done",
                                        "unguard_ports starts", "unguard_ports done"]
+
+
+class FailingLane(GatedLane):
+    async def run_nft(self, fn: Any, *args: Any) -> Any:
+        self.log.append(f"{fn.__name__} starts")
+        raise OSError("the lane broke")
+
+
+def test_a_release_whose_lane_fails_says_so_and_does_not_fail_the_tap_removal(caplog):
+    """The tap is gone whatever became of its guards: its removal is logged and answered,
+    the failure is a warning and the table is rebuilt."""
+    async def scenario() -> tuple[Any, Any, list[str]]:
+        order: list[str] = []
+        guards = Guards(GatedLane(order), FailingLane(order), enabled=True)  # type: ignore[arg-type]
+        guards.available = True
+        rebuilds: list[int] = []
+        guards.rebuild_soon = lambda: rebuilds.append(1)  # type: ignore[method-assign]
+        taps = [Tap(name=f"tap{i}", index=10 + i, owner_uid=1000, guarded=True,
+                    mac="52:54:00:12:34:56") for i in range(2)]
+        for tap in taps:
+            guards.track(tap)
+        first, second = await asyncio.gather(*(guards.release(tap) for tap in taps))
+        return first, second, rebuilds
+
+    first, second, rebuilds = asyncio.run(scenario())
+    assert first is None and second is None and rebuilds
+    assert "removing the guards of tap0: the lane broke; rebuilding" in caplog.text
