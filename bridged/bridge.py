@@ -316,9 +316,14 @@ class BridgeManager:
         self._uplinks_to_clear.add(link.index)
         self._trigger.wake()
 
-    def addresses_lost(self) -> None:
-        """Address events were lost: read the bridge's addresses again."""
+    def events_lost(self) -> None:
+        """Link or address events were lost: read the bridge's addresses again and put
+        its configuration back. The link table's resync compares states, and a bridge set
+        down and up in what was lost looks unchanged, while the down flushed its routes
+        and its IPv6 addresses; putting back what is there already changes nothing."""
         self._addresses_lost = True
+        if self.bridge is not None:
+            self._bridge_dirty = True
         self._trigger.wake()
 
     # --- the reconciler ----------------------------------------------------------------

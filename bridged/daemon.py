@@ -84,7 +84,7 @@ class Daemon:
 
     def _events_lost(self) -> None:
         self.links.overrun()
-        self.bridge.addresses_lost()
+        self.bridge.events_lost()
         self.overlay.reload_underlay()
 
     def _watches_addresses_of(self, index: int) -> bool:
