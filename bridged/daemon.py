@@ -85,7 +85,8 @@ class Daemon:
     def _events_lost(self) -> None:
         self.links.overrun()
         self.bridge.events_lost()
-        self.overlay.reload_underlay()
+        self.taps.events_lost()
+        self.overlay.events_lost()
 
     def _watches_addresses_of(self, index: int) -> bool:
         return self.bridge.watches_addresses_of(index) or \

@@ -381,10 +381,14 @@ class Overlay:
             self.underlay = event.index
         self._update_problem()
 
-    def reload_underlay(self) -> None:
-        """Address events were lost: find the interface holding vxlan.local again."""
+    def events_lost(self) -> None:
+        """Link or address events were lost: find the interface holding vxlan.local
+        again, and set the port's learning again (the VXLAN port may have left the bridge
+        and joined it again in them, which resets it)."""
         if self.config is not None:
             self._work.underlay = True
+            self._work.device = True
+            self._learning_set = None
             self._wake()
 
     def _watches_fdb(self, index: int) -> bool:

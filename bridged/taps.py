@@ -627,10 +627,12 @@ class TapRegistry:
             self._bridge.bridge
         if tap is None or link is None or bridge is None:
             return
-        if link.master == bridge.index and link.up:
+        if link.master == bridge.index and link.up and not (tap.isolated or tap.vlan):
+            # (A tap with port settings may have left and joined again before we looked:
+            # joining again does not bring them back, so they are set again.)
             return
         try:
-            await self._netlink.set_link(index, master=bridge.index, state="up")
+            await self._netlink.attach_tap(index, bridge.index, tap.isolated, tap.vlan)
         except KernelError as e:
             if e.errno != errno.ENODEV:  # gone meanwhile: its removal says so
                 log.error("cannot put tap %s back on %s: %s", tap.name, bridge.name, e,
@@ -640,6 +642,14 @@ class TapRegistry:
         log.info("tap %s is on %s again", tap.name, bridge.name,
                  extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
                         "BRIDGED_EVENT": "tap-reattached"})
+
+    def events_lost(self) -> None:
+        """Link events were lost: a tap with port settings may have left the bridge and
+        joined it again in them (the resync sees it on the bridge, as before, without its
+        settings): they are set again."""
+        for tap in self._by_index.values():
+            if tap.isolated or tap.vlan:
+                self._attach_soon(tap.index)
 
     def _bridge_recreated(self, bridge: Link) -> None:
         for index in self._by_index:

@@ -182,6 +182,25 @@ def test_bridge_set_down_and_up_while_the_daemon_is_busy_gets_its_ip_back(
     assert lab.host.ping(LAN_V4)
 
 
+def lost_in_an_overrun(lab: Lab, daemon: Daemon, tmp_path: Path,
+                       *commands: tuple[str, ...]) -> None:
+    """Run ``ip`` ``commands`` while the daemon is stopped and its event socket overruns
+    (12,000 events of another bridge, ~1.5 KB each, more than its 16 MB queue): what they
+    changed reaches the daemon only through the resync that follows."""
+    lab.host.ip("link", "add", "flood0", "type", "bridge")
+    flood = tmp_path / "flood.batch"
+    flood.write_text("".join(f"link set flood0 {'up' if i % 2 == 0 else 'down'}\n"
+                             for i in range(12000)))
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        lab.host.ip("-batch", str(flood))
+        for command in commands:
+            lab.host.ip(*command)
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    wait_for(lambda: "netlink event queue overran" in daemon.log(), what="the overrun")
+
+
 def test_bridge_set_down_and_up_in_events_lost_to_an_overrun_gets_its_ip_back(
         lab: Lab, daemon_factory: DaemonFactory, tmp_path: Path):
     """The same flip, lost with thousands of other events (the daemon's event socket
@@ -189,18 +208,8 @@ def test_bridge_set_down_and_up_in_events_lost_to_an_overrun_gets_its_ip_back(
     daemon puts its configuration back all the same."""
     daemon = daemon_factory(SEED).start()
     assert enslaved(lab)
-    lab.host.ip("link", "add", "flood0", "type", "bridge")  # someone else's, flapping
-    flood = tmp_path / "flood.batch"
-    flood.write_text("".join(f"link set flood0 {'up' if i % 2 == 0 else 'down'}\n"
-                             for i in range(12000)))
-    os.kill(daemon.pid, signal.SIGSTOP)
-    try:
-        lab.host.ip("-batch", str(flood))  # ~1.5 KB an event: more than its 16 MB queue
-        lab.host.ip("link", "set", "br0", "down")
-        lab.host.ip("link", "set", "br0", "up")
-    finally:
-        os.kill(daemon.pid, signal.SIGCONT)
-    wait_for(lambda: "netlink event queue overran" in daemon.log(), what="the overrun")
+    lost_in_an_overrun(lab, daemon, tmp_path, ("link", "set", "br0", "down"),
+                       ("link", "set", "br0", "up"))
     wait_for(lambda: f"{HOST_V6}/64" in lab.host.addresses("br0"), what="IPv6 address back")
     wait_for(lambda: [(r["gateway"], r["dev"]) for r in lab.host.routes()
                       if r["dst"] == "default"] == [(LAN_V4, "br0")],

@@ -258,6 +258,12 @@ class Netlink:
     async def set_port_learning(self, index: int, learning: bool) -> None:
         await self.run(_set_port_learning, index, learning)
 
+    async def attach_tap(self, index: int, master: int, isolated: bool, vlan: int) -> None:
+        """Put a tap (back) on the bridge, up, with its port settings: a port that left
+        the bridge lost them (isolation, its VLAN), and joining again does not bring them
+        back. ``vlan`` 0: none."""
+        await self.run(_attach_tap, index, master, isolated, vlan)
+
     async def fdb(self, index: int) -> list[FdbEntry]:
         """The device's own FDB entries (a VXLAN device's: MAC -> remote VTEP)."""
         return await self.run(RtnlSocket.fdb, index)
@@ -428,12 +434,7 @@ def _create_taps(sock: RtnlSocket, specs: list[TapSpec]) -> list[CreatedTap | Ex
         try:
             if error is not None:
                 raise error
-            if tap.spec.isolated:
-                sock.set_port_isolated(tap.index)
-            if tap.spec.vlan is not None:
-                sock.port_vlan(tap.index, tap.spec.vlan, add=True, pvid_untagged=True)
-                if tap.spec.vlan != 1:
-                    sock.port_vlan(tap.index, 1, add=False)
+            _port_settings(sock, tap.index, tap.spec.isolated, tap.spec.vlan or 0)
             if not tap.mtu:  # none asked for: the one the kernel gave it
                 link = sock.get_link(tap.index)
                 if link is None:
@@ -504,6 +505,26 @@ def _set_vxlan(sock: RtnlSocket, index: int, local: IPAddress, learning: bool) -
 
 def _set_port_learning(sock: RtnlSocket, index: int, learning: bool) -> None:
     sock.set_port_learning(index, learning)
+
+
+def _attach_tap(sock: RtnlSocket, index: int, master: int, isolated: bool, vlan: int) -> None:
+    _set_link(sock, index, {"master": master, "state": "up"})
+    _port_settings(sock, index, isolated, vlan)
+
+
+def _port_settings(sock: RtnlSocket, index: int, isolated: bool, vlan: int) -> None:
+    """A tap's bridge port settings (a port joining the bridge starts without them):
+    isolated or not, and its VLAN (0: none) as its only one, untagged."""
+    if isolated:
+        sock.set_port_isolated(index)
+    if vlan:
+        sock.port_vlan(index, vlan, add=True, pvid_untagged=True)
+        if vlan != 1:
+            try:
+                sock.port_vlan(index, 1, add=False)  # the bridge's default, given on joining
+            except OSError as e:
+                if e.errno != errnos.ENOENT:  # not there (a bridge with another default)
+                    raise
 
 
 def _fdb_entry(sock: RtnlSocket, index: int, mac: str, dst: IPAddress, add: bool) -> None:
