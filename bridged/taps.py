@@ -692,7 +692,10 @@ class TapRegistry:
             else:
                 self._register(tap, -1)
             bridge = self._bridge.index
-            if bridge is not None and (link.master != bridge or not link.up):
+            # Off the bridge, down, or with port settings that might have gone while we
+            # were away (a port that left and joined again lost them): attached again.
+            if bridge is not None and (link.master != bridge or not link.up or
+                                       tap.isolated or tap.vlan):
                 self._attach_soon(tap.index)
             log.info("tap %s adopted (uid %d)", tap.name, tap.owner_uid,
                      extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,

@@ -320,8 +320,9 @@ def test_bridge_addresses_are_the_kernels_whoever_set_them(lab: Lab, bus: Privat
     wait_for(lambda: "198.51.100.77/24" not in addresses(), what="address gone")
 
 
-def test_a_tap_put_back_on_the_bridge_keeps_its_isolation(lab: Lab, bus: PrivateBus,
-                                                          daemon: Daemon, tmp_path: Path):
+def test_a_tap_put_back_on_the_bridge_keeps_its_isolation(
+        lab: Lab, bus: PrivateBus, daemon: Daemon, daemon_factory: Callable[..., Daemon],
+        tmp_path: Path):
     """Taken off the bridge by someone (or off and at once on again, before the daemon
     looks), or on a bridge made again: the tap is on it again, isolated. A port that
     leaves the bridge loses its settings, and joining again does not bring them back.
@@ -346,3 +347,12 @@ def test_a_tap_put_back_on_the_bridge_keeps_its_isolation(lab: Lab, bus: Private
     lost_in_an_overrun(lab, daemon, tmp_path, ("link", "set", name, "nomaster"),
                        ("link", "set", name, "master", "br0"))
     wait_for(isolated, what="isolated again after the overrun")
+    # Off and on again while no daemon ran: the next one adopts it, isolated.
+    os.kill(daemon.pid, signal.SIGKILL)
+    assert daemon.proc is not None
+    daemon.proc.wait(10)
+    lab.host.ip("link", "set", name, "nomaster")
+    lab.host.ip("link", "set", name, "master", "br0")
+    assert not isolated()
+    daemon_factory(SEED, extra_args=("--bus-address", bus.address)).start()
+    wait_for(isolated, what="isolated again after a restart")
