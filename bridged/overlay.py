@@ -343,6 +343,10 @@ class Overlay:
                 log.warning("%s was taken off %s by another process; putting it back", name,
                             bridge.name, extra={"INTERFACE": name,
                                                 "BRIDGED_EVENT": "vxlan-taken-off"})
+            if new.master != bridge.index:
+                # Off the bridge, its port lost its learning setting: set again once it is
+                # back, even if someone else put it back before we look.
+                self._learning_set = None
             self._work.device = True
         self.device = new
         if self._work.device:

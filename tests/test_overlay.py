@@ -203,6 +203,29 @@ def test_vxlan_port_is_made_marked_and_kept_like_an_uplink(one_host: Host,
     assert kept(host) and host.flood_list() == {NOBODY}
 
 
+def test_evpn_port_learning_stays_off_when_someone_takes_the_port_off_and_back(
+        one_host: Host, daemons: list[Daemon]):
+    """Under EVPN the bridge learns nothing on the VXLAN port. A port that leaves the
+    bridge loses that setting, and joining again does not bring it back: taken off and
+    put back by someone before the daemon looks, it is set again."""
+    host = one_host
+    daemon = start(daemons, host, host.config(evpn=True))
+
+    def learning() -> bool:
+        port = json.loads(host.ns.exec("bridge", "-j", "-d", "link", "show", "dev",
+                                       DEVICE).stdout)[0]
+        return bool(port["learning"])
+
+    wait_for(lambda: kept(host) and not learning(), what="learning off")
+    daemon.signal(signal.SIGSTOP)  # both changes wait in its socket
+    try:
+        host.ns.ip("link", "set", DEVICE, "nomaster")
+        host.ns.ip("link", "set", DEVICE, "master", "br0")  # back, learning on
+    finally:
+        daemon.signal(signal.SIGCONT)
+    wait_for(lambda: kept(host) and not learning(), what="learning off again")
+
+
 def reload(daemon: Daemon, config: str) -> None:
     mark = daemon.notify.mark()
     daemon.write_config(config)
