@@ -317,13 +317,11 @@ class BridgeManager:
         self._trigger.wake()
 
     def events_lost(self) -> None:
-        """Link or address events were lost: read the bridge's addresses again and put
-        its configuration back. The link table's resync compares states, and a bridge set
-        down and up in what was lost looks unchanged, while the down flushed its routes
-        and its IPv6 addresses; putting back what is there already changes nothing."""
+        """Link or address events were lost: read the bridge's addresses again and, when
+        they are the configuration's own, assert them and their routes again. The link
+        table's resync compares states, and a bridge set down and up in what was lost
+        looks unchanged, while the down flushed its routes and its IPv6 addresses."""
         self._addresses_lost = True
-        if self.bridge is not None:
-            self._bridge_dirty = True
         self._trigger.wake()
 
     # --- the reconciler ----------------------------------------------------------------
@@ -407,6 +405,12 @@ class BridgeManager:
         if self._addresses_lost and self.bridge is not None:
             self._addresses_lost = False
             self.addresses = set(await self._netlink.addresses(self.bridge.index))
+            # Only static addresses are asserted again, and not after a rollback: a
+            # moved or leased address may be stale by now (networkd may hold a new
+            # lease), and a rolled-back host stays off the bridge until "retry". Adding
+            # what is there already, or replacing a route by itself, changes nothing.
+            if self.ip.config.mode == "static" and self.rolled_back is None:
+                await self.ip.apply_to_bridge(self.bridge, self.uplinks())
             self._notify()
         if self._bridge_dirty:
             self._bridge_dirty = False

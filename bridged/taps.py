@@ -627,21 +627,28 @@ class TapRegistry:
             self._bridge.bridge
         if tap is None or link is None or bridge is None:
             return
-        if link.master == bridge.index and link.up and not (tap.isolated or tap.vlan):
-            # (A tap with port settings may have left and joined again before we looked:
-            # joining again does not bring them back, so they are set again.)
+        joining = link.master != bridge.index or not link.up
+        # A tap with port settings on the bridge may have left and joined again before we
+        # looked (or while events were lost, or no daemon ran): joining again does not
+        # bring them back, so they are set again.
+        if not joining and not (tap.isolated or tap.vlan):
             return
         try:
-            await self._netlink.attach_tap(index, bridge.index, tap.isolated, tap.vlan)
+            await self._netlink.attach_tap(index, bridge.index, tap.isolated, tap.vlan,
+                                           joining)
         except KernelError as e:
             if e.errno != errno.ENODEV:  # gone meanwhile: its removal says so
                 log.error("cannot put tap %s back on %s: %s", tap.name, bridge.name, e,
                           extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
                                  "BRIDGED_EVENT": "tap-attach-failed"})
             return
-        log.info("tap %s is on %s again", tap.name, bridge.name,
-                 extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
-                        "BRIDGED_EVENT": "tap-reattached"})
+        if joining:
+            log.info("tap %s is on %s again", tap.name, bridge.name,
+                     extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
+                            "BRIDGED_EVENT": "tap-reattached"})
+        else:
+            log.debug("tap %s: its port settings set again", tap.name,
+                      extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name})
 
     def events_lost(self) -> None:
         """Link events were lost: a tap with port settings may have left the bridge and

@@ -315,9 +315,11 @@ class FakeNetlink:
                 self.kernel.change(index, **fields)
         await self._request("set_link", (index, tuple(sorted(changes.items()))), act)
 
-    async def attach_tap(self, index: int, master: int, isolated: bool, vlan: int) -> None:
-        # Port settings are not modelled here (tests/test_taps_port.py has the kernel's).
-        await self.set_link(index, master=master, state="up")
+    async def attach_tap(self, index: int, master: int, isolated: bool, vlan: int,
+                         joining: bool) -> None:
+        # Port settings are not modelled here (tests/test_dbus.py has the kernel's).
+        if joining:
+            await self.set_link(index, master=master, state="up")
 
     async def delete_link(self, index: int) -> None:
         await self._request("delete_link", (index,), lambda: self.kernel.delete(index))

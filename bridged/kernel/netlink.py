@@ -258,11 +258,12 @@ class Netlink:
     async def set_port_learning(self, index: int, learning: bool) -> None:
         await self.run(_set_port_learning, index, learning)
 
-    async def attach_tap(self, index: int, master: int, isolated: bool, vlan: int) -> None:
-        """Put a tap (back) on the bridge, up, with its port settings: a port that left
-        the bridge lost them (isolation, its VLAN), and joining again does not bring them
-        back. ``vlan`` 0: none."""
-        await self.run(_attach_tap, index, master, isolated, vlan)
+    async def attach_tap(self, index: int, master: int, isolated: bool, vlan: int,
+                         joining: bool) -> None:
+        """Put a tap (back) on the bridge and up (``joining``), with its port settings,
+        or only set those again: a port that left the bridge lost them (isolation, its
+        VLAN), and joining again does not bring them back. ``vlan`` 0: none."""
+        await self.run(_attach_tap, index, master, isolated, vlan, joining)
 
     async def fdb(self, index: int) -> list[FdbEntry]:
         """The device's own FDB entries (a VXLAN device's: MAC -> remote VTEP)."""
@@ -507,9 +508,19 @@ def _set_port_learning(sock: RtnlSocket, index: int, learning: bool) -> None:
     sock.set_port_learning(index, learning)
 
 
-def _attach_tap(sock: RtnlSocket, index: int, master: int, isolated: bool, vlan: int) -> None:
-    _set_link(sock, index, {"master": master, "state": "up"})
+def _attach_tap(sock: RtnlSocket, index: int, master: int, isolated: bool, vlan: int,
+                joining: bool) -> None:
+    if not (isolated or vlan):
+        if joining:
+            _set_link(sock, index, {"master": master, "state": "up"})
+        return
+    if joining:
+        # On the bridge but down until its settings are in place: should they fail, the
+        # tap stays down rather than forwarding without them.
+        _set_link(sock, index, {"master": master, "state": "down"})
     _port_settings(sock, index, isolated, vlan)
+    if joining:
+        _set_link(sock, index, {"state": "up"})
 
 
 def _port_settings(sock: RtnlSocket, index: int, isolated: bool, vlan: int) -> None:
