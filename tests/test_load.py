@@ -25,6 +25,7 @@ from tests.test_hostile import (
     dbus_fast_version,
     fd_count,
     ok,
+    resting_fd_count,
     settle,
     start_daemon,
     tap_names,
@@ -47,7 +48,7 @@ def test_many_clients_at_once(lab: Lab, bus: PrivateBus,
     daemon = start_daemon(lab, bus, daemon_factory, CONFIG)
     pid = daemon.pid
     warm_up(bus)
-    fds_before = fd_count(pid)
+    fds_before = resting_fd_count(pid)
     script = os.path.join(bus.clients, "loadclient.py")
     monitor = subprocess.Popen(bus.user_command(OTHER, sys.executable, script, bus.address,
                                                 "monitor"),
