@@ -486,7 +486,8 @@ class BridgeManager:
         self.ports_version += 1  # (a bridge made again has ports of its own)
         # Events keep this current from here on; the dump covers what came before.
         self.addresses = set(await self._netlink.addresses(refreshed.index))
-        await self.ip.apply_to_bridge(refreshed, self.uplinks())
+        if self.rolled_back is None:  # rolled back or held: the host's address stays off
+            await self.ip.apply_to_bridge(refreshed, self.uplinks())
         if created:
             for listener in self.on_bridge_created:
                 listener(refreshed)

@@ -69,6 +69,11 @@ def test_wrong_gateway_at_start_is_rolled_back(lab: Lab, bus: PrivateBus,
     time.sleep(0.5)
     assert lab.host.addresses("br0") == set()
     assert lab.host.link("eth0").get("master") is None
+    # Nor when br0 is seen set down and up (the bridge is set up again: not its address).
+    lab.host.ip("link", "set", "br0", "down")
+    lab.host.ip("link", "set", "br0", "up")
+    time.sleep(0.5)
+    assert lab.host.addresses("br0") == set()
 
 
 def test_retry_after_fixing_the_config(lab: Lab, bus: PrivateBus,
