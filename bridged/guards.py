@@ -98,7 +98,7 @@ class Guards:
         self._rebuilder: asyncio.Task[None] | None = None
         self._last_logged: dict[tuple[int, int], float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._releasing: list[tuple[Tap, asyncio.Future[Counters | None]]] = []
+        self._releasing: list[tuple[Tap, asyncio.Future[Counters]]] = []
         self._renaming: dict[int, asyncio.Task[None]] = {}  # index -> its rename under way
         self._releaser: asyncio.Task[None] | None = None
         self.on_learned: list[Callable[[Tap], None]] = []
@@ -210,18 +210,18 @@ class Guards:
         self._in_release.add(tap.name)
         for key in [k for k in self._last_logged if k[0] == tap.index]:
             del self._last_logged[key]
-        done: asyncio.Future[Counters | None] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[Counters] = asyncio.get_running_loop().create_future()
         self._releasing.append((tap, done))
         if self._releaser is None or self._releaser.done():
             self._releaser = asyncio.get_running_loop().create_task(self._release_waiting())
         try:
             counters = await done
-        except Exception as e:  # the lane failed; the table is being rebuilt (below)
+        except Exception as e:  # nft refused, or the lane failed: the table is rebuilt
             log.warning("removing the guards of %s: %s; rebuilding the guards' table",
                         tap.name, e, extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
                                             "BRIDGED_EVENT": "guard-rebuild"})
             return None
-        return None if counters is None else DropSummary.of(counters)
+        return DropSummary.of(counters)
 
     async def _release_waiting(self) -> None:
         while self._releasing:
@@ -243,19 +243,12 @@ class Guards:
             for tap, done in batch:
                 self._in_release.discard(tap.name)
                 result = results.get(tap.name, {})
-                counters: Counters | None = None
                 if isinstance(result, nft.NftError):
                     # The table does not hold what we think: write it again from what we
-                    # know.
-                    log.warning("removing the guards of %s: %s; rebuilding the guards' table",
-                                tap.name, result,
-                                extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
-                                       "BRIDGED_EVENT": "guard-rebuild"})
+                    # know (the waiter says why).
                     self.rebuild_soon()
-                else:
-                    counters = result
                 # Each waiter logs its tap's removal and replies: a few a turn (pacing).
-                pacing.settle(done, counters)
+                pacing.settle(done, result)
 
     def release_soon(self, tap: Tap) -> None:
         pacing.spawn(self.release(tap), self._tasks)

@@ -546,7 +546,7 @@ class TapRegistry:
                 log.error("deleting tap %s failed: %s", tap.name, e,
                           extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name})
                 return
-        _log_removed(tap, why, await self._guards.release(tap))
+        await self._removed(tap, why)
 
     def link_changed(self, old: Link | None, new: Link | None) -> None:
         """The link table's news about our taps: gone, renamed, taken off the bridge."""
@@ -556,8 +556,8 @@ class TapRegistry:
                 self._gone_while_creating.add(old.index)
             tap = self._by_index.get(old.index)
             if tap is not None and self._forget(tap):
-                pacing.spawn(self._gone(tap, "deleted outside bridged" if tap.persistent
-                                        else "its last file descriptor was closed"),
+                pacing.spawn(self._removed(tap, "deleted outside bridged" if tap.persistent
+                                           else "its last file descriptor was closed"),
                              self._tasks)
             return
         tap = self._by_index.get(new.index)
@@ -581,8 +581,8 @@ class TapRegistry:
                                    "BRIDGED_EVENT": "tap-taken-off"})
             self._attach_soon(tap.index)
 
-    async def _gone(self, tap: Tap, why: str) -> None:
-        """Its link is gone (not by our delete): its guards go, then its one line."""
+    async def _removed(self, tap: Tap, why: str) -> None:
+        """Its link is gone: its guards go, then its one journal line."""
         _log_removed(tap, why, await self._guards.release(tap))
 
     def _forget_keep_pidfd(self, tap: Tap) -> None:
@@ -729,7 +729,6 @@ class TapRegistry:
             os.close(pidfd)
             return -1
         return pidfd
-
 
     def close_fds(self, fds: list[int]) -> None:
         """Our copies of a tap's fds that no reply carried out: they are the tap's last,

@@ -510,17 +510,15 @@ def _set_port_learning(sock: RtnlSocket, index: int, learning: bool) -> None:
 
 def _attach_tap(sock: RtnlSocket, index: int, master: int, isolated: bool, vlan: int,
                 joining: bool) -> None:
-    if not (isolated or vlan):
+    settings = bool(isolated or vlan)
+    if joining:
+        # With settings, on the bridge but down until they are in place: should they
+        # fail, the tap stays down rather than forwarding without them.
+        _set_link(sock, index, {"master": master, "state": "down" if settings else "up"})
+    if settings:
+        _port_settings(sock, index, isolated, vlan)
         if joining:
-            _set_link(sock, index, {"master": master, "state": "up"})
-        return
-    if joining:
-        # On the bridge but down until its settings are in place: should they fail, the
-        # tap stays down rather than forwarding without them.
-        _set_link(sock, index, {"master": master, "state": "down"})
-    _port_settings(sock, index, isolated, vlan)
-    if joining:
-        _set_link(sock, index, {"state": "up"})
+            _set_link(sock, index, {"state": "up"})
 
 
 def _port_settings(sock: RtnlSocket, index: int, isolated: bool, vlan: int) -> None:
