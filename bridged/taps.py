@@ -573,13 +573,24 @@ class TapRegistry:
             self._register_again(tap)
             pacing.spawn(self._guards.renamed(tap, old_name), self._tasks)
         bridge = self._bridge.index
-        if bridge is not None and (new.master != bridge or not new.up):
+        if bridge is not None and (new.master != bridge or not new.up) \
+                and not self._dying(tap, new):
             if old is not None and old.master == bridge and new.master != bridge:
                 log.warning("tap %s was taken off %s by another process; putting it back",
                             tap.name, self._bridge.config.name,
                             extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
                                    "BRIDGED_EVENT": "tap-taken-off"})
             self._attach_soon(tap.index)
+
+    def _dying(self, tap: Tap, link: Link) -> bool:
+        """Set down on its way out, not by someone: the kernel closes a link it is
+        unregistering (RTM_NEWLINK, down) some milliseconds before it says it is gone
+        (RTM_DELLINK). Putting it back up then would only queue a request on the lane
+        that fails with ENODEV once the kernel lets go of the RTNL lock: one per tap
+        freed, in the way of every creation. (A tap we delete ourselves has left the
+        registry already.) A tap that no one keeps (not persistent) and has lost its
+        carrier is on its way out: its last file descriptor was closed."""
+        return not tap.persistent and link.carrier is False
 
     async def _removed(self, tap: Tap, why: str) -> None:
         """Its link is gone: its guards go, then its one journal line."""

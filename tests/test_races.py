@@ -375,6 +375,31 @@ def test_a_tap_detached_by_another_tool_is_reattached_and_logged(
     assert caplog.text.count("is on br0 again") == 3
 
 
+def test_a_tap_going_down_on_its_way_out_is_left_alone(monkeypatch: pytest.MonkeyPatch):
+    """The kernel reports a tap whose last fd closed down, without carrier, milliseconds
+    before it reports it gone: not a tap to put back up (that request would only fail
+    with ENODEV, in the way of creations). A lingering tap, which has no carrier while no
+    VM holds it, set down by someone is put back up."""
+    kernel = plain_host()
+
+    async def main() -> None:
+        stack, opened, lingering = await running(kernel, monkeypatch)
+        before = len(kernel.requests)
+        kernel.change(kernel.index(opened), up=False, carrier=False)
+        kernel.deliver()
+        await settle(kernel)
+        assert kernel.requests[before:] == []
+        link = kernel.by_name(opened)
+        assert link is not None and not link.up
+        kernel.change(kernel.index(lingering), up=False, carrier=False)
+        kernel.deliver()
+        await settle(kernel)
+        link = kernel.by_name(lingering)
+        assert link is not None and link.up and link.master == stack.bridge_index
+
+    run(main)
+
+
 def test_an_overrun_that_lost_an_uplink_replug_enslaves_the_new_one(
         monkeypatch: pytest.MonkeyPatch):
     kernel = plain_host()

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import ipaddress
 import json
+import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from bridged.kernel import rtnl, tun
-from bridged.kernel.link import INFINITY_LIFE_TIME, Route
+from bridged.kernel.link import INFINITY_LIFE_TIME, Link, Route
 from bridged.kernel.netlink import KernelError, Netlink, TapSpec
 from bridged.kernel.rtnl import (
     NLMSGHDR,
@@ -53,6 +54,8 @@ def test_decoder_agrees_with_iproute2_on_every_link(lab: Lab):
             assert link.address == (mac if len(mac) == 17 else None)
             assert link.mtu == ref["mtu"] and link.operstate == ref["operstate"]
             assert link.up == ("UP" in ref["flags"])
+            if link.up:  # carrier shows as LOWER_UP only then
+                assert link.carrier == ("LOWER_UP" in ref["flags"])
             assert link.alias == ref.get("ifalias")
             assert link.kind == ref.get("linkinfo", {}).get("info_kind")
             assert (index_names[link.master] if link.master else None) == ref.get("master")
@@ -389,3 +392,39 @@ def test_monitor_hands_on_every_news_in_order_and_no_port_notices(lab: Lab):
     tap9 = [(e.removed, e.link.mtu) for e in seen if e.link.name == "tap9"]
     assert tap9[-2:] == [(False, 1300), (True, 1300)]
     assert all(e.link.family != rtnl.AF_BRIDGE for e in seen)
+
+
+def test_a_tap_whose_last_fd_closes_goes_down_without_carrier(lab: Lab):
+    """The kernel's news that tells a dying tap from one set down by someone: unregistering
+    a tap whose last fd closed, it first reports the tap down (RTM_NEWLINK) and without
+    carrier, a few milliseconds before RTM_DELLINK; a tap set down while a fd holds it
+    keeps its carrier. bridged puts the second back up and leaves the first alone."""
+    from bridged.kernel.events import LinkEvent, LinkMonitor
+
+    seen: list[LinkEvent] = []
+    with lab.host.entered():
+        monitor = LinkMonitor(seen.append, on_overrun=lambda: pytest.fail("overran"))
+
+        async def main() -> None:
+            lab.host.ip("link", "add", "br9", "type", "bridge")
+            lab.host.ip("link", "set", "br9", "up")
+            fds = [tun.open_tap(name, vnet_hdr=False)[0] for name in ("tap8", "tap9")]
+            for name in ("tap8", "tap9"):
+                lab.host.ip("link", "set", name, "master", "br9", "up")
+            monitor.start()
+            try:
+                lab.host.ip("link", "set", "tap8", "down")  # someone, with qemu attached
+                for fd in fds:
+                    os.close(fd)
+                monitor.drain()
+            finally:
+                monitor.stop()
+
+        asyncio.run(main())
+    down: dict[str, Link] = {}  # the first news of each tap down
+    for e in seen:
+        if not e.removed and not e.link.up:
+            down.setdefault(e.link.name, e.link)
+    assert down["tap8"].carrier is True and down["tap8"].master is not None
+    assert down["tap9"].carrier is False and down["tap9"].master is not None
+    assert [e.link.name for e in seen if e.removed] == ["tap8", "tap9"]

@@ -152,11 +152,9 @@ class LinkMonitor(EventReader):
     an interface ``watches_addresses_of(index)`` says is of interest, ``on_overrun``
     when events were lost.
 
-    Of the link events that arrive together (one read), a link's RTM_NEWLINK is passed
-    on only if no later RTM_NEWLINK of the same link follows before its removal: each
-    carries the link's whole state, so the last one is the news, and a tap's creation
-    brings half a dozen. The bridge's AF_BRIDGE port notices are not passed on at all
-    (nothing reads them: they are the bridge's view of a port, not the link)."""
+    Every RTM_NEWLINK and RTM_DELLINK is passed on, in order. The bridge's AF_BRIDGE port
+    notices are not (nothing reads them: they are the bridge's view of a port, not the
+    link)."""
 
     recovery = "resynchronising from a dump"
 

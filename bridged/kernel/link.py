@@ -33,6 +33,9 @@ class Link:
     alias: str | None
     mtu: int
     family: int = 0
+    # IFLA_CARRIER; None when not reported. A tun/tap has carrier while a file
+    # descriptor is attached to it.
+    carrier: bool | None = None
 
 
 @dataclass(frozen=True)

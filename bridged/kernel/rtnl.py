@@ -77,6 +77,7 @@ IFF_UP = 0x1
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_AF_SPEC, IFLA_PERM_ADDRESS = 16, 18, 20, 26, 54
 IFLA_GROUP = 27
+IFLA_CARRIER = 33
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
 IFLA_BR_FORWARD_DELAY, IFLA_BR_STP_STATE, IFLA_BR_VLAN_FILTERING = 1, 5, 7
 IFLA_BRPORT_LEARNING, IFLA_BRPORT_ISOLATED = 8, 33
@@ -250,6 +251,8 @@ def decode_link(data: bytes, offset: int, length: int) -> Link:
     master = _u32(data, span) if span is not None else 0
     span = get(IFLA_ADDRESS)
     address = _mac(data, span) if span is not None else None
+    span = get(IFLA_CARRIER)
+    carrier = bool(_u8(data, span)) if span is not None else None
     span = get(IFLA_MTU)
     return Link(
         index=index,
@@ -263,6 +266,7 @@ def decode_link(data: bytes, offset: int, length: int) -> Link:
         alias=alias or None,
         mtu=_u32(data, span) if span is not None else 0,
         family=family,
+        carrier=carrier,
     )
 
 
