@@ -64,6 +64,10 @@ def test_open_tap_object_properties_and_multiqueue(lab: Lab, bus: PrivateBus, da
         link = lab.host.link(out["ifname"])
         assert link["master"] == "br0" and "UP" in link["flags"]
         assert link["address"].startswith("fe:")
+        # A bridge port has no address of its own, not even IPv6 link-local.
+        assert link["inet6_addr_gen_mode"] == "none"
+        assert json.loads(lab.host.ip("-j", "addr", "show", "dev", out["ifname"]).stdout)[0][
+            "addr_info"] == []
         assert link["ifalias"].startswith(f"bridged:uid={uid(MEMBER)}:")
         path = out["path"]
         assert path == f"{ROOT}/tap/tap0"

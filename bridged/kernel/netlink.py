@@ -416,40 +416,73 @@ def _create_taps(sock: RtnlSocket, specs: list[TapSpec]) -> list[CreatedTap | Ex
     step is taken for all of them at once; a tap that fails a step is undone, and the
     others go on."""
     making = [_Making(spec) for spec in specs]
-    for tap in making:
-        try:
-            tap.fds = tun.open_tap(tap.spec.name, tap.spec.queues, tap.spec.vnet_hdr)
-            if tap.spec.persistent_owner is not None:
-                tun.make_persistent(tap.fds[0], tap.spec.persistent_owner)
-            tap.index = socket.if_nametoindex(tap.spec.name)
-        except Exception as e:
-            tap.error = e
-            tap.undo()
+
+    def open_tap(tap: _Making) -> None:
+        tap.fds = tun.open_tap(tap.spec.name, tap.spec.queues, tap.spec.vnet_hdr)
+        if tap.spec.persistent_owner is not None:
+            tun.make_persistent(tap.fds[0], tap.spec.persistent_owner)
+        tap.index = socket.if_nametoindex(tap.spec.name)
+
+    def read_mtu(tap: _Making) -> None:
+        if not tap.mtu:  # none asked for: the one the kernel gave it
+            link = sock.get_link(tap.index)
+            if link is None:
+                raise OSError(errnos.ENODEV, "tap vanished while being configured")
+            tap.mtu = link.mtu
+
+    _each(making, open_tap)
     # Before a tap is up: its first frame already meets the guards.
     _guard_all([tap for tap in making if tap.error is None and tap.spec.guard is not None])
-    going = [tap for tap in making if tap.error is None]
-    errors = sock.changes([set_link_request(
-        tap.index, address=tap.spec.mac, alias=tap.spec.alias, master=tap.spec.master,
-        mtu=tap.spec.mtu, up=True) for tap in going])
-    for tap, error in zip(going, errors, strict=True):
-        try:
-            if error is not None:
-                raise error
-            _port_settings(sock, tap.index, tap.spec.isolated, tap.spec.vlan or 0)
-            if not tap.mtu:  # none asked for: the one the kernel gave it
-                link = sock.get_link(tap.index)
-                if link is None:
-                    raise OSError(errnos.ENODEV, "tap vanished while being configured")
-                tap.mtu = link.mtu
-        except Exception as e:
-            tap.error = e
-            tap.undo()
-            continue
-        if tap.spec.persistent_owner is not None:
+    def configure(tap: _Making, no_link_local: bool) -> tuple[int, int, bytes]:
+        return set_link_request(tap.index, address=tap.spec.mac, alias=tap.spec.alias,
+                                master=tap.spec.master, mtu=tap.spec.mtu,
+                                no_link_local=no_link_local)
+
+    # Everything but "up" first: the port settings are in place before it forwards a
+    # frame, and it gets no IPv6 address of its own. A bridge port needs none, and each
+    # would cost a route, duplicate address detection and two events more per tap. A
+    # link without IPv6 (the host has it off, or an MTU below IPv6's 1280) refuses that
+    # (EAFNOSUPPORT): it gets no address anyway, and is configured without it.
+    refused = _request_each(sock, making, lambda tap: configure(tap, True),
+                            tolerated=errnos.EAFNOSUPPORT)
+    _request_each(sock, refused, lambda tap: configure(tap, False))
+    _each(making, lambda tap: _port_settings(sock, tap.index, tap.spec.isolated,
+                                             tap.spec.vlan or 0))
+    _request_each(sock, making, lambda tap: set_link_request(tap.index, up=True))
+    _each(making, read_mtu)
+    for tap in making:
+        if tap.error is None and tap.spec.persistent_owner is not None:
             tun.close_all(tap.fds)
             tap.fds = []
     return [tap.error if tap.error is not None else
             CreatedTap(tap.index, tap.mtu, tap.fds) for tap in making]
+
+
+def _each(making: list[_Making], step: Callable[[_Making], None]) -> None:
+    """``step`` for each tap still going; one that fails it is undone."""
+    for tap in making:
+        if tap.error is None:
+            try:
+                step(tap)
+            except Exception as e:
+                tap.error = e
+                tap.undo()
+
+
+def _request_each(sock: RtnlSocket, making: list[_Making],
+                  request: Callable[[_Making], tuple[int, int, bytes]],
+                  tolerated: int | None = None) -> list[_Making]:
+    """One request for each tap still going, all in one send; one refused is undone,
+    unless with errno ``tolerated``: those are returned."""
+    going = [tap for tap in making if tap.error is None]
+    refused = []
+    for tap, error in zip(going, sock.changes([request(tap) for tap in going]), strict=True):
+        if error is not None and error.errno == tolerated:
+            refused.append(tap)
+        elif error is not None:
+            tap.error = error
+            tap.undo()
+    return refused
 
 
 def _guard_all(taps: list[_Making]) -> None:

@@ -85,6 +85,7 @@ IFLA_VXLAN_ID, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING = 1, 4, 7
 IFLA_VXLAN_PORT, IFLA_VXLAN_LOCAL6 = 15, 17
 NDA_DST, NDA_LLADDR, NDA_PORT, NDA_VNI, NDA_MASTER = 1, 2, 6, 7, 9
 IFLA_BRIDGE_VLAN_INFO = 2
+IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE = 8, 1
 BRIDGE_VLAN_INFO_PVID, BRIDGE_VLAN_INFO_UNTAGGED = 0x2, 0x4
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST, IFA_CACHEINFO, IFA_FLAGS, IFA_RT_PRIORITY = \
     1, 2, 4, 6, 8, 9
@@ -616,9 +617,17 @@ def _vxlan_data(vni: int, local: IPAddress, port: int, learning: bool) -> bytes:
 
 def set_link_request(index: int, *, address: str | None = None, alias: str | None = None,
                      master: int | None = None, mtu: int | None = None, up: bool | None = None,
-                     group: int | None = None) -> tuple[int, int, bytes]:
-    """The RTM_NEWLINK that changes what is given, as (type, flags, body)."""
+                     group: int | None = None,
+                     no_link_local: bool = False) -> tuple[int, int, bytes]:
+    """The RTM_NEWLINK that changes what is given, as (type, flags, body).
+
+    ``no_link_local``: the kernel gives the link no IPv6 address of its own when it goes
+    up (address generation mode "none"). It must come before the link goes up, in an
+    earlier request: the kernel brings a link up before it reads this."""
     attrs = b""
+    if no_link_local:
+        attrs += _nested(IFLA_AF_SPEC, _nested(socket.AF_INET6, _attr(
+            IFLA_INET6_ADDR_GEN_MODE, bytes((IN6_ADDR_GEN_MODE_NONE,)))))
     if group is not None:
         attrs += _attr(IFLA_GROUP, U32.pack(group))
     if address is not None:
