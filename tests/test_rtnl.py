@@ -428,3 +428,51 @@ def test_a_tap_whose_last_fd_closes_goes_down_without_carrier(lab: Lab):
     assert down["tap8"].carrier is True and down["tap8"].master is not None
     assert down["tap9"].carrier is False and down["tap9"].master is not None
     assert [e.link.name for e in seen if e.removed] == ["tap8", "tap9"]
+
+
+def test_the_port_notice_filter_drops_those_and_nothing_else(lab: Lab):
+    """Two event sockets on the same groups, one with the filter: the filtered one gets
+    exactly the other's datagrams, in order, but the bridge's AF_BRIDGE port notices."""
+    from bridged.kernel import sockfilter
+    from bridged.kernel.events import (
+        RTMGRP_IPV4_IFADDR,
+        RTMGRP_IPV6_IFADDR,
+        RTMGRP_LINK,
+        event_socket,
+    )
+
+    groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+    with lab.host.entered():
+        plain, filtered = event_socket(groups=groups), event_socket(groups=groups)
+    sockfilter.drop_port_notices(filtered)
+    host = lab.host
+    try:
+        host.ip("link", "add", "br9", "type", "bridge")
+        host.ip("link", "set", "br9", "up")
+        host.ip("tuntap", "add", "dev", "tap9", "mode", "tap")
+        host.ip("link", "set", "tap9", "master", "br9")
+        host.ip("link", "set", "tap9", "up", "mtu", "1400")
+        host.ip("addr", "add", "198.51.100.9/24", "dev", "br9")
+        host.ip("addr", "add", "2001:db8::9/64", "dev", "br9", "nodad")
+        host.ip("link", "set", "tap9", "nomaster")
+        host.ip("link", "set", "tap9", "master", "br9")
+        host.ip("link", "del", "tap9")
+        host.ip("link", "del", "br9")
+
+        def read(sock: socket.socket) -> list[bytes]:
+            out = []
+            while True:
+                try:
+                    out.append(sock.recv(1 << 16))
+                except BlockingIOError:
+                    return out
+
+        got, everything = read(filtered), read(plain)
+    finally:
+        plain.close()
+        filtered.close()
+    notices = [d for d in everything if d[16] == rtnl.AF_BRIDGE]
+    assert len(notices) >= 4 and all(
+        rtnl.messages(d)[0][0] in (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK) for d in notices)
+    assert got == [d for d in everything if d[16] != rtnl.AF_BRIDGE]
+    assert any(rtnl.messages(d)[0][0] == rtnl.RTM_NEWADDR for d in got)

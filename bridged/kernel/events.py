@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridged import pacing
+from bridged.kernel import sockfilter
 from bridged.kernel.netlink import Address, FdbEntry, Link
 from bridged.kernel.rtnl import (
     AF_BRIDGE,
@@ -174,7 +175,12 @@ class LinkMonitor(EventReader):
         groups = RTMGRP_LINK
         if self._on_address is not None:
             groups |= RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
-        return event_socket(groups=groups)
+        sock = event_socket(groups=groups)
+        try:
+            sockfilter.drop_port_notices(sock)
+        except OSError as e:  # then they are read and passed over here, as before
+            log.warning("cannot filter the bridge's port notices in the kernel: %s", e)
+        return sock
 
     def _dispatch(self, data: bytes) -> None:
         """The messages of one datagram (the kernel sends one event in each), in order.
@@ -240,7 +246,8 @@ class FdbMonitor(EventReader):
 def _bridge_port_notice(data: bytes, offset: int, length: int) -> bool:
     """An AF_BRIDGE RTM_NEWLINK/DELLINK: the bridge's view of a port, which nothing here
     reads (its DELLINK means "left the bridge", not "deleted"). Told by the header alone,
-    so never decoded."""
+    so never decoded. The socket's filter (sockfilter) drops them in the kernel; this
+    is for any it lets through."""
     return length >= 16 + IFINFO_HEAD.size and \
         IFINFO_HEAD.unpack_from(data, offset + 16)[0] == AF_BRIDGE
 
