@@ -179,7 +179,8 @@ class LinkMonitor(EventReader):
         try:
             sockfilter.drop_port_notices(sock)
         except OSError as e:  # then they are read and passed over here, as before
-            log.warning("cannot filter the bridge's port notices in the kernel: %s", e)
+            log.warning("cannot filter the bridge's port notices in the kernel: %s", e,
+                        extra={"BRIDGED_EVENT": "port-filter-unavailable"})
         return sock
 
     def _dispatch(self, data: bytes) -> None:
