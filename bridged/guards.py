@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -89,6 +90,11 @@ class Guards:
         self.enabled = enabled
         self.available = False
         self._taps: dict[int, Tap] = {}  # index -> guarded tap whose link exists
+        # The name each one's guards are under in the table (a rename moves them), and
+        # how many taps hold each name: ``holds`` is asked for every name a new tap might
+        # get, and must not cost a pass over a thousand taps.
+        self._guarded_as: dict[int, str] = {}
+        self._names: Counter[str] = Counter()
         self._in_release: set[str] = set()  # names whose guards are being removed
         self._monitor: NetfilterMonitor | None = None
         self._cond = asyncio.Condition()
@@ -146,9 +152,9 @@ class Guards:
                 tap.guarded = want
                 changed.append(tap)
                 if want:
-                    self._taps[tap.index] = tap
+                    self._hold(tap)
                 else:
-                    self._taps.pop(tap.index, None)
+                    self._let_go(tap.index)
         if self.available and (changed or not self._taps):
             await self._rebuild()
         return changed
@@ -179,12 +185,27 @@ class Guards:
         """Do guards keyed by ``name`` still exist (a tap of that name guarded, or its
         guards being removed)? Then the name must not go to a new tap yet: guards are
         keyed by name, and the old tap's removal would take the new tap's with them."""
-        return name in self._in_release or any(t.name == name for t in self._taps.values())
+        return name in self._in_release or name in self._names
 
     def track(self, tap: Tap) -> None:
         """``tap`` exists and is guarded (created so, or adopted)."""
         if tap.guarded:
-            self._taps[tap.index] = tap
+            self._hold(tap)
+
+    def _hold(self, tap: Tap, name: str | None = None) -> None:
+        """``tap`` is guarded, under ``name`` (its own by default)."""
+        self._let_go(tap.index)
+        self._taps[tap.index] = tap
+        self._guarded_as[tap.index] = name = name or tap.name
+        self._names[name] += 1
+
+    def _let_go(self, index: int) -> None:
+        self._taps.pop(index, None)
+        name = self._guarded_as.pop(index, None)
+        if name is not None:
+            self._names[name] -= 1
+            if not self._names[name]:
+                del self._names[name]
 
     async def release(self, tap: Tap) -> DropSummary | None:
         """The tap's link is gone: its guards go. Returns what they dropped in its
@@ -206,7 +227,7 @@ class Guards:
         # A sample of the tap's first frame may still wait in our socket.
         if self._monitor is not None:
             self._monitor.drain()
-        del self._taps[tap.index]
+        self._let_go(tap.index)
         self._in_release.add(tap.name)
         for key in [k for k in self._last_logged if k[0] == tap.index]:
             del self._last_logged[key]
@@ -264,6 +285,8 @@ class Guards:
             async with self.creating():
                 await self._netlink.run_nft(nft.rename_port, old_name, tap.name,
                                             tap.mac or None)
+            if self._taps.get(tap.index) is tap:
+                self._hold(tap)  # its guards are under its new name now
         except nft.NftError as e:
             log.warning("moving the guards of %s to its new name: %s; rebuilding the "
                         "guards' table", tap.name, e,
@@ -303,6 +326,9 @@ class Guards:
             ports = [nft.Port(name, tap.mac or None) for name, tap in by_name.items()]
             learned = await self._netlink.run_nft(nft.reconcile, LOG_GROUP, ports,
                                                   self.enabled)
+            for name, written in by_name.items():  # the names the table is keyed by
+                if self._taps.get(written.index) is written:
+                    self._hold(written, name)
         finally:
             async with self._cond:
                 self._rebuilding = False

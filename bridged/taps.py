@@ -24,6 +24,7 @@ import re
 import secrets
 import select
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -292,6 +293,7 @@ class TapRegistry:
         self._reaper = Reaper(reaper)
         self.taps: dict[str, Tap] = {}
         self._by_index: dict[int, Tap] = {}
+        self._per_uid: Counter[int] = Counter()  # registered taps by owner, for quotas
         self._reserved: dict[str, int] = {}  # names being created -> owner uid
         # Links removed while creations were under way (their removal may be the news of
         # a tap not registered yet).
@@ -499,7 +501,11 @@ class TapRegistry:
 
     def _register(self, tap: Tap, pidfd: int) -> None:
         self.taps[tap.name] = tap
+        replaced = self._by_index.get(tap.index)
+        if replaced is not None:
+            self._per_uid[replaced.owner_uid] -= 1
         self._by_index[tap.index] = tap
+        self._per_uid[tap.owner_uid] += 1
         self._guards.track(tap)
         if pidfd >= 0:
             self._pidfds[tap.index] = pidfd
@@ -512,6 +518,7 @@ class TapRegistry:
         if self._by_index.get(tap.index) is not tap:
             return False
         del self._by_index[tap.index]
+        self._per_uid[tap.owner_uid] -= 1
         if self.taps.get(tap.name) is tap:
             del self.taps[tap.name]
         self._to_attach.discard(tap.index)
@@ -770,7 +777,7 @@ class TapRegistry:
                           extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name})
 
     def count_for(self, uid: int) -> int:
-        return sum(1 for t in self.taps.values() if t.owner_uid == uid)
+        return self._per_uid[uid]
 
 
 def _log_removed(tap: Tap, why: str, guards: DropSummary | None) -> None:

@@ -105,6 +105,38 @@ def test_a_release_waits_for_the_rename_of_its_tap_under_way():
                                        "unguard_ports starts", "unguard_ports done"]
 
 
+def test_a_name_is_held_while_guards_are_under_it():
+    """``holds``: a name whose guards are in the table (a tap's, under the name they were
+    written with until a rename has moved them, or being removed) is not handed out."""
+    async def scenario() -> None:
+        order: list[str] = []
+        lane, release_lane = GatedLane(order), GatedLane(order)
+        guards = Guards(lane, release_lane, enabled=True)  # type: ignore[arg-type]
+        guards.available = True
+        taps = [Tap(name=f"tap{n}", index=10 + n, owner_uid=1000, guarded=True)
+                for n in range(3)]
+        for tap in taps:
+            guards.track(tap)
+        assert [guards.holds(f"tap{n}") for n in range(4)] == [True, True, True, False]
+        lane.gate.clear()
+        taps[1].name = "vm1"  # renamed by someone: its guards are still under tap1
+        renaming = asyncio.create_task(guards.renamed(taps[1], "tap1"))
+        await asyncio.sleep(0)
+        assert guards.holds("tap1")
+        lane.gate.set()
+        await renaming
+        assert guards.holds("vm1") and not guards.holds("tap1")
+        release_lane.gate.clear()
+        releasing = asyncio.create_task(guards.release(taps[1]))
+        await asyncio.sleep(0)
+        assert guards.holds("vm1")  # being removed
+        release_lane.gate.set()
+        await releasing
+        assert not guards.holds("vm1") and guards.holds("tap0") and guards.holds("tap2")
+
+    asyncio.run(scenario())
+
+
 class FailingLane(GatedLane):
     async def run_nft(self, fn: Any, *args: Any) -> Any:
         self.log.append(f"{fn.__name__} starts")
