@@ -182,6 +182,72 @@ def test_created_taps_report_the_mtu_asked_for_or_the_kernels(lab: Lab):
     assert made[1] == links["tapm1"]["mtu"] > 0  # it was 0: the kernel's was read, then dropped
 
 
+@pytest.mark.parametrize("failing", [1, 2])  # the settings' send, the "up" send
+def test_a_creation_whose_send_fails_leaves_nothing_behind(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch, failing: int):
+    """A batch's send fails as a whole (its acks overran the socket, say): every tap in
+    it is undone, none left on the bridge, no fd kept."""
+    lab.host.ip("link", "add", "br0", "type", "bridge")
+    real, calls = RtnlSocket.changes, []
+
+    def changes(self: RtnlSocket, requests: list[tuple[int, int, bytes]]) -> Any:
+        calls.append(len(requests))
+        if len(calls) == failing:
+            raise OSError(errno.ENOBUFS, "No buffer space available")
+        return real(self, requests)
+
+    monkeypatch.setattr(RtnlSocket, "changes", changes)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    with lab.host.entered():
+        lane = Netlink("test-lane")
+        try:
+            br0 = socket.if_nametoindex("br0")
+
+            async def make() -> list[Any]:
+                return await asyncio.gather(
+                    *(lane.create_tap(TapSpec(name=f"tapm{n}", master=br0, alias="test",
+                                              mac=f"fe:54:00:00:00:0{n + 1}",
+                                              persistent_owner=0 if n else None))
+                      for n in range(2)), return_exceptions=True)
+
+            results = asyncio.run(make())
+        finally:
+            lane.close()
+    assert calls[0] == 2, "both taps went in one send"
+    assert all(isinstance(r, KernelError) and r.errno == errno.ENOBUFS for r in results)
+    assert not [name for name in lab.host.links() if name.startswith("tapm")]
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+def test_a_tap_below_ipv6s_mtu_is_configured_in_one_go(lab: Lab,
+                                                       monkeypatch: pytest.MonkeyPatch):
+    """Below 1280 the kernel takes IPv6 off the link as it sets the MTU: the setting
+    that would refuse (after applying the rest) is not asked for."""
+    lab.host.ip("link", "add", "br0", "type", "bridge")
+    real, refusals = RtnlSocket.changes, []
+
+    def changes(self: RtnlSocket, requests: list[tuple[int, int, bytes]]) -> Any:
+        errors = real(self, requests)
+        refusals.extend(e for e in errors if e is not None)
+        return errors
+
+    monkeypatch.setattr(RtnlSocket, "changes", changes)
+    with lab.host.entered():
+        lane = Netlink("test-lane")
+        try:
+            br0 = socket.if_nametoindex("br0")
+
+            async def make() -> None:
+                tap = await lane.create_tap(TapSpec(name="tapm0", master=br0, alias="test",
+                                                    mac="fe:54:00:00:00:01", mtu=576))
+                tun.close_all(tap.fds)
+
+            asyncio.run(make())
+        finally:
+            lane.close()
+    assert refusals == []
+
+
 class DisturbedSocket:
     """A real netlink socket; after the first datagram of each of the first ``times``
     requests, ``change`` runs, as another program changing links mid-dump would."""

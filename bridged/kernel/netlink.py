@@ -20,7 +20,7 @@ import secrets
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -39,6 +39,7 @@ Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 RTPROT_KERNEL = 2
 # Centiseconds per second: the kernel takes bridge timers in clock_t (USER_HZ = 100).
 USER_HZ = 100
+IPV6_MIN_MTU = 1280
 
 
 class KernelError(Exception):
@@ -433,16 +434,20 @@ def _create_taps(sock: RtnlSocket, specs: list[TapSpec]) -> list[CreatedTap | Ex
     _each(making, open_tap)
     # Before a tap is up: its first frame already meets the guards.
     _guard_all([tap for tap in making if tap.error is None and tap.spec.guard is not None])
+
     def configure(tap: _Making, no_link_local: bool) -> tuple[int, int, bytes]:
+        # Below IPv6's minimum MTU the kernel takes IPv6 off the link as it sets the MTU,
+        # then refuses the setting with the rest of the request applied: not asked.
         return set_link_request(tap.index, address=tap.spec.mac, alias=tap.spec.alias,
                                 master=tap.spec.master, mtu=tap.spec.mtu,
-                                no_link_local=no_link_local)
+                                no_link_local=no_link_local and
+                                (tap.spec.mtu or IPV6_MIN_MTU) >= IPV6_MIN_MTU)
 
     # Everything but "up" first: the port settings are in place before it forwards a
     # frame, and it gets no IPv6 address of its own. A bridge port needs none, and each
-    # would cost a route, duplicate address detection and two events more per tap. A
-    # link without IPv6 (the host has it off, or an MTU below IPv6's 1280) refuses that
-    # (EAFNOSUPPORT): it gets no address anyway, and is configured without it.
+    # would cost an address with its routes, duplicate address detection and two events
+    # more per tap. A kernel without IPv6 (ipv6.disable=1) refuses the setting
+    # (EAFNOSUPPORT) before applying anything: such a tap is configured without it.
     refused = _request_each(sock, making, lambda tap: configure(tap, True),
                             tolerated=errnos.EAFNOSUPPORT)
     _request_each(sock, refused, lambda tap: configure(tap, False))
@@ -473,10 +478,17 @@ def _request_each(sock: RtnlSocket, making: list[_Making],
                   request: Callable[[_Making], tuple[int, int, bytes]],
                   tolerated: int | None = None) -> list[_Making]:
     """One request for each tap still going, all in one send; one refused is undone,
-    unless with errno ``tolerated``: those are returned."""
+    unless with errno ``tolerated``: those are returned. Should the send itself fail (the
+    acks overran our socket, say), every tap in it is undone: what each got is unknown."""
     going = [tap for tap in making if tap.error is None]
-    refused = []
-    for tap, error in zip(going, sock.changes([request(tap) for tap in going]), strict=True):
+    refused: list[_Making] = []
+    if not going:
+        return refused
+    try:
+        errors: Sequence[OSError | None] = sock.changes([request(tap) for tap in going])
+    except OSError as e:
+        errors = [e] * len(going)
+    for tap, error in zip(going, errors, strict=True):
         if error is not None and error.errno == tolerated:
             refused.append(tap)
         elif error is not None:
