@@ -68,6 +68,9 @@ NAME_NUMBERS = 10000
 CURSOR_BLOCK = 32
 TAP_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+# How long a tap that looks on its way out (see TapRegistry._dying) is given to go
+# before it is put back up all the same: the kernel's unregister takes ~20 ms.
+DYING_GRACE_S = 0.5
 
 
 @dataclass
@@ -580,24 +583,33 @@ class TapRegistry:
             self._register_again(tap)
             pacing.spawn(self._guards.renamed(tap, old_name), self._tasks)
         bridge = self._bridge.index
-        if bridge is not None and (new.master != bridge or not new.up) \
-                and not self._dying(tap, new):
-            if old is not None and old.master == bridge and new.master != bridge:
-                log.warning("tap %s was taken off %s by another process; putting it back",
-                            tap.name, self._bridge.config.name,
-                            extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
-                                   "BRIDGED_EVENT": "tap-taken-off"})
+        if bridge is None or (new.master == bridge and new.up):
+            return
+        if old is not None and old.master == bridge and new.master != bridge:
+            log.warning("tap %s was taken off %s by another process; putting it back",
+                        tap.name, self._bridge.config.name,
+                        extra={"INTERFACE": tap.name, "BRIDGED_TAP": tap.name,
+                               "BRIDGED_EVENT": "tap-taken-off"})
+        if self._dying(tap, new, bridge):
+            asyncio.get_running_loop().call_later(DYING_GRACE_S, self._attach_soon,
+                                                  tap.index)
+        else:
             self._attach_soon(tap.index)
 
-    def _dying(self, tap: Tap, link: Link) -> bool:
-        """Set down on its way out, not by someone: the kernel closes a link it is
-        unregistering (RTM_NEWLINK, down) some milliseconds before it says it is gone
-        (RTM_DELLINK). Putting it back up then would only queue a request on the lane
-        that fails with ENODEV once the kernel lets go of the RTNL lock: one per tap
-        freed, in the way of every creation. (A tap we delete ourselves has left the
-        registry already.) A tap that no one keeps (not persistent) and has lost its
-        carrier is on its way out: its last file descriptor was closed."""
-        return not tap.persistent and link.carrier is False
+    @staticmethod
+    def _dying(tap: Tap, link: Link, bridge: int) -> bool:
+        """Set down on its way out, most likely, not by someone: the kernel closes a link
+        it is unregistering (RTM_NEWLINK: down, still on the bridge) some milliseconds
+        before it says it is gone (RTM_DELLINK), and a tap that no one keeps (not
+        persistent) loses its carrier just before, when its last fd closes. Putting it
+        back up at once would only queue a request on the lane that fails with ENODEV
+        once the kernel lets go of the RTNL lock: one per tap freed, in the way of every
+        creation. So such a tap is looked at again after DYING_GRACE_S, gone by then
+        unless it was not dying after all (its client can turn its carrier off itself:
+        TUNSETCARRIER needs no privilege). A tap we delete ourselves has left the
+        registry already."""
+        return not tap.persistent and not link.up and link.master == bridge and \
+            link.carrier is False
 
     async def _removed(self, tap: Tap, why: str) -> None:
         """Its link is gone: its guards go, then its one journal line."""

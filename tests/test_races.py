@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 import bridged.daemon as daemon_module
+import bridged.taps as taps_module
 from bridged.auth import Caller
 from bridged.config import Config, parse
 from bridged.errors import Failed
@@ -375,22 +376,50 @@ def test_a_tap_detached_by_another_tool_is_reattached_and_logged(
     assert caplog.text.count("is on br0 again") == 3
 
 
-def test_a_tap_going_down_on_its_way_out_is_left_alone(monkeypatch: pytest.MonkeyPatch):
-    """The kernel reports a tap whose last fd closed down, without carrier, milliseconds
-    before it reports it gone: not a tap to put back up (that request would only fail
-    with ENODEV, in the way of creations). A lingering tap, which has no carrier while no
-    VM holds it, set down by someone is put back up."""
+def test_a_tap_going_down_on_its_way_out_is_given_time_to_go(
+        monkeypatch: pytest.MonkeyPatch):
+    """The kernel reports a tap whose last fd closed down, still on the bridge, without
+    carrier, milliseconds before it reports it gone: not put back up at once (that
+    request would only fail with ENODEV, in the way of creations), but looked at again
+    after a grace, so that one whose carrier its own client turned off (TUNSETCARRIER
+    needs no privilege) and that someone set down is put back up all the same. Taken
+    off the bridge, it is put back at once, carrier or not. A lingering tap, which has no
+    carrier while no VM holds it, set down by someone is put back up at once."""
+    monkeypatch.setattr(taps_module, "DYING_GRACE_S", 0.05)
     kernel = plain_host()
 
     async def main() -> None:
         stack, opened, lingering = await running(kernel, monkeypatch)
+        index = kernel.index(opened)
         before = len(kernel.requests)
-        kernel.change(kernel.index(opened), up=False, carrier=False)
+        kernel.change(index, up=False, carrier=False)  # its last fd closed
         kernel.deliver()
         await settle(kernel)
         assert kernel.requests[before:] == []
-        link = kernel.by_name(opened)
+        kernel.delete(index)  # ... and the kernel says it is gone
+        kernel.deliver()
+        await asyncio.sleep(0.1)
+        await settle(kernel)
+        assert kernel.requests[before:] == [] and opened not in stack.taps
+
+        second = (await stack.open()).name
+        await settle(kernel)
+        kernel.change(kernel.index(second), up=False, carrier=False)  # not dying after all
+        kernel.deliver()
+        await settle(kernel)
+        link = kernel.by_name(second)
         assert link is not None and not link.up
+        await asyncio.sleep(0.1)
+        await settle(kernel)
+        link = kernel.by_name(second)
+        assert link is not None and link.up and link.master == stack.bridge_index
+
+        kernel.change(kernel.index(second), master=None, up=False, carrier=False)
+        kernel.deliver()
+        await settle(kernel)
+        link = kernel.by_name(second)
+        assert link is not None and link.master == stack.bridge_index
+
         kernel.change(kernel.index(lingering), up=False, carrier=False)
         kernel.deliver()
         await settle(kernel)
