@@ -104,7 +104,8 @@ class Guards:
         self._rebuilder: asyncio.Task[None] | None = None
         self._last_logged: dict[tuple[int, int], float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._releasing: list[tuple[Tap, asyncio.Future[Counters]]] = []
+        # Taps whose guards are to go, with the name the table has them under.
+        self._releasing: list[tuple[Tap, str, asyncio.Future[Counters]]] = []
         self._renaming: dict[int, asyncio.Task[None]] = {}  # index -> its rename under way
         self._releaser: asyncio.Task[None] | None = None
         self.on_learned: list[Callable[[Tap], None]] = []
@@ -227,12 +228,13 @@ class Guards:
         # A sample of the tap's first frame may still wait in our socket.
         if self._monitor is not None:
             self._monitor.drain()
+        name = self._guarded_as.get(tap.index, tap.name)  # not new if a rename failed
         self._let_go(tap.index)
-        self._in_release.add(tap.name)
+        self._in_release.add(name)
         for key in [k for k in self._last_logged if k[0] == tap.index]:
             del self._last_logged[key]
         done: asyncio.Future[Counters] = asyncio.get_running_loop().create_future()
-        self._releasing.append((tap, done))
+        self._releasing.append((tap, name, done))
         if self._releaser is None or self._releaser.done():
             self._releaser = asyncio.get_running_loop().create_task(self._release_waiting())
         try:
@@ -247,7 +249,7 @@ class Guards:
     async def _release_waiting(self) -> None:
         while self._releasing:
             batch, self._releasing = self._releasing, []
-            ports = {tap.name: tap.mac or None for tap, _done in batch}
+            ports = {name: tap.mac or None for tap, name, _done in batch}
             results: dict[str, dict[int, tuple[int, int]] | nft.NftError]
             try:
                 async with self.creating():
@@ -256,14 +258,14 @@ class Guards:
             except nft.NftError as e:
                 results = {name: e for name in ports}
             except Exception as e:  # the lane itself failed: every waiter hears why
-                for tap, done in batch:
-                    self._in_release.discard(tap.name)
+                for _tap, name, done in batch:
+                    self._in_release.discard(name)
                     pacing.settle(done, e)
                 self.rebuild_soon()  # what the table holds is unknown now
                 continue
-            for tap, done in batch:
-                self._in_release.discard(tap.name)
-                result = results.get(tap.name, {})
+            for _tap, name, done in batch:
+                self._in_release.discard(name)
+                result = results.get(name, {})
                 if isinstance(result, nft.NftError):
                     # The table does not hold what we think: write it again from what we
                     # know (the waiter says why).
@@ -281,12 +283,13 @@ class Guards:
         task = asyncio.current_task()
         assert task is not None
         self._renaming[tap.index] = task  # the lane runs renames in order: the last counts
+        new_name = tap.name
         try:
             async with self.creating():
-                await self._netlink.run_nft(nft.rename_port, old_name, tap.name,
+                await self._netlink.run_nft(nft.rename_port, old_name, new_name,
                                             tap.mac or None)
             if self._taps.get(tap.index) is tap:
-                self._hold(tap)  # its guards are under its new name now
+                self._hold(tap, new_name)  # its guards are under that name now
         except nft.NftError as e:
             log.warning("moving the guards of %s to its new name: %s; rebuilding the "
                         "guards' table", tap.name, e,

@@ -137,6 +137,46 @@ def test_a_name_is_held_while_guards_are_under_it():
     asyncio.run(scenario())
 
 
+def test_after_a_failed_rename_the_old_name_is_held_and_released():
+    """A rename the table refused leaves the guards under the old name (until the rebuild
+    it asks for): that name stays held, and a release removes the guards under it."""
+    class RenameRefused(GatedLane):
+        async def run_nft(self, fn: Any, *args: Any) -> Any:
+            if fn is nft.rename_port:
+                raise nft.NftError("refused")
+            return await super().run_nft(fn, *args)
+
+    async def scenario() -> list[Any]:
+        order: list[str] = []
+        released: list[Any] = []
+        lane, release_lane = RenameRefused(order), GatedLane(order)
+        real = release_lane.run_nft
+
+        async def unguard(fn: Any, *args: Any) -> Any:
+            released.append(args[0])
+            return await real(fn, *args)
+
+        release_lane.run_nft = unguard  # type: ignore[method-assign]
+        guards = Guards(lane, release_lane, enabled=True)  # type: ignore[arg-type]
+        guards.available = True
+        guards.rebuild_soon = lambda: None  # type: ignore[method-assign]
+        tap = Tap(name="tap1", index=11, owner_uid=1000, guarded=True)
+        guards.track(tap)
+        tap.name = "vm1"
+        await guards.renamed(tap, "tap1")
+        assert guards.holds("tap1") and not guards.holds("vm1")
+        release_lane.gate.clear()
+        releasing = asyncio.create_task(guards.release(tap))
+        await asyncio.sleep(0)
+        assert guards.holds("tap1")
+        release_lane.gate.set()
+        await releasing
+        assert not guards.holds("tap1")
+        return released
+
+    assert asyncio.run(scenario()) == [[("tap1", None)]]
+
+
 class FailingLane(GatedLane):
     async def run_nft(self, fn: Any, *args: Any) -> Any:
         self.log.append(f"{fn.__name__} starts")
