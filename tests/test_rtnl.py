@@ -542,3 +542,20 @@ def test_the_port_notice_filter_drops_those_and_nothing_else(lab: Lab):
         rtnl.messages(d)[0][0] in (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK) for d in notices)
     assert got == [d for d in everything if d[16] != rtnl.AF_BRIDGE]
     assert any(rtnl.messages(d)[0][0] == rtnl.RTM_NEWADDR for d in got)
+
+
+def test_many_changes_at_once_fit_a_default_receive_buffer(lab: Lab):
+    """Each request in a batch brings an ack; 3000 at once (a thousand taps released, and
+    their group moves) overran a socket with Debian's default net.core.rmem_max (208
+    KiB, doubled) until they went in parts."""
+    lab.host.ip("link", "add", "br9", "type", "bridge")
+    with lab.host.entered():
+        sock = RtnlSocket()
+        try:
+            sock._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 212992)
+            index = socket.if_nametoindex("br9")
+            errors = sock.changes([rtnl.set_link_request(index, mtu=1400 + n % 2)
+                                   for n in range(3000)])
+        finally:
+            sock.close()
+    assert errors == [None] * 3000

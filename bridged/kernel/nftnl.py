@@ -25,6 +25,7 @@ import struct
 from dataclasses import dataclass
 
 from bridged.kernel.rtnl import (
+    CHANGES_PER_SEND,
     NLM_F_ACK,
     NLM_F_CREATE,
     NLM_F_REQUEST,
@@ -135,9 +136,15 @@ class NftSocket:
         self._transaction(NFT_MSG_DELSETELEM, 0, table, elements)
 
     def get(self, table: str, wanted: list[tuple[str, bytes]]) -> list[Found | None]:
-        """Look up (set, key) pairs, all in one trip; None for each key not there."""
-        if not wanted:
-            return []
+        """Look up (set, key) pairs, in few trips; None for each key not there. At most
+        CHANGES_PER_SEND lookups a send, for the reason RtnlSocket.changes gives: each
+        brings an ack, and a thousand taps' counters at once would overrun our socket."""
+        found: list[Found | None] = []
+        for start in range(0, len(wanted), CHANGES_PER_SEND):
+            found += self._get(table, wanted[start:start + CHANGES_PER_SEND])
+        return found
+
+    def _get(self, table: str, wanted: list[tuple[str, bytes]]) -> list[Found | None]:
         seqs, payload = [], b""
         for set_name, key in wanted:
             seq = self._next_seq()

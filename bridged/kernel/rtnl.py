@@ -103,6 +103,7 @@ RT_TABLE_UNSPEC = 0
 USER_HZ = 100  # rta_cacheinfo counts in clock_t
 OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
 DUMP_ATTEMPTS = 5  # an inconsistent dump is taken again this many times, then refused
+CHANGES_PER_SEND = 128  # see RtnlSocket.changes
 
 
 # --- errors --------------------------------------------------------------------------
@@ -703,12 +704,21 @@ class RtnlSocket:
         self.request(msg_type, flags | NLM_F_ACK, body)
 
     def changes(self, requests: list[tuple[int, int, bytes]]) -> list[NetlinkError | None]:
-        """Several requests in one send, each acknowledged on its own: an error (or
+        """Several requests in few sends, each acknowledged on its own: an error (or
         None) for each, in order. The kernel handles them one after the other, as if
         sent one by one; what it saves is a round trip per request (and, on a lane
-        thread, a wait for the interpreter lock after each)."""
-        if not requests:
-            return []
+        thread, a wait for the interpreter lock after each).
+
+        At most CHANGES_PER_SEND go in one send, their acks read before the next: the
+        kernel queues an ack for each, and more than our receive buffer holds (~600 with
+        Debian's default net.core.rmem_max) overrun it, failing the whole batch with
+        ENOBUFS (a thousand taps released at once)."""
+        results: list[NetlinkError | None] = []
+        for start in range(0, len(requests), CHANGES_PER_SEND):
+            results += self._send_changes(requests[start:start + CHANGES_PER_SEND])
+        return results
+
+    def _send_changes(self, requests: list[tuple[int, int, bytes]]) -> list[NetlinkError | None]:
         seqs: dict[int, int] = {}
         payload = b""
         for position, (msg_type, flags, body) in enumerate(requests):
