@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from bridged.errors import ConfigError
+from bridged.kernel.link import IPV6_MIN_MTU
 
 DEFAULT_PATH = "/etc/bridged/bridged.toml"
 
@@ -50,9 +51,6 @@ MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 BRIDGE_MAX_PORTS = 1023
 IP_MODES = ("static", "migrate", "dhcp", "none")
 MAC_FROM_UPLINK = "uplink"
-# RFC 8200: a link that carries IPv6 has an MTU of at least 1280; the kernel disables
-# IPv6 on a device below that and refuses to add an IPv6 address to it.
-IPV6_MIN_MTU = 1280
 IP_MAX_MTU = 65535
 # Seconds to wait for the gateway after an IP move; longer is not a probe any more.
 PROBE_TIMEOUT_MAX = 300

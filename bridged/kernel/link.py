@@ -16,6 +16,9 @@ NTF_SELF, NTF_MASTER, NTF_EXT_LEARNED = 0x02, 0x04, 0x10
 NUD_PERMANENT = 0x80
 # The MAC of a VXLAN flood entry: broadcast, multicast and unknown unicast go to its dst.
 ZERO_MAC = "00:00:00:00:00:00"
+# RFC 8200: a link that carries IPv6 has an MTU of at least 1280; the kernel disables
+# IPv6 on a device below that and refuses to add an IPv6 address to it.
+IPV6_MIN_MTU = 1280
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

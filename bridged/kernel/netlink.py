@@ -27,7 +27,15 @@ from typing import Any, TypeVar
 
 from bridged import pacing
 from bridged.kernel import nft, tun
-from bridged.kernel.link import Address, FdbEntry, IPAddress, Link, Route, VxlanInfo
+from bridged.kernel.link import (
+    IPV6_MIN_MTU,
+    Address,
+    FdbEntry,
+    IPAddress,
+    Link,
+    Route,
+    VxlanInfo,
+)
 from bridged.kernel.rtnl import AF_BRIDGE, DecodeError, RtnlSocket, set_link_request
 
 __all__ = ["AF_BRIDGE", "RTPROT_KERNEL", "Address", "CreatedTap", "FdbEntry", "GuardSpec",
@@ -39,7 +47,6 @@ Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 RTPROT_KERNEL = 2
 # Centiseconds per second: the kernel takes bridge timers in clock_t (USER_HZ = 100).
 USER_HZ = 100
-IPV6_MIN_MTU = 1280
 
 
 class KernelError(Exception):
@@ -513,15 +520,14 @@ def _guard_all(taps: list[_Making]) -> None:
             return
         except nft.NftError:
             pass
-    for tap in taps:
+
+    def guard_one(tap: _Making) -> None:
         guard = tap.spec.guard
         assert guard is not None
-        try:
-            nft.guard_port(context, guard.log_group, tap.spec.name, guard.mac)
-            tap.guarded = True
-        except Exception as e:
-            tap.error = e
-            tap.undo()
+        nft.guard_port(context, guard.log_group, tap.spec.name, guard.mac)
+        tap.guarded = True
+
+    _each(taps, guard_one)
 
 
 def _create_vxlan(sock: RtnlSocket, spec: VxlanSpec) -> Link:

@@ -16,9 +16,9 @@ import socket
 import struct
 import sys
 
+from bridged.kernel.rtnl import AF_BRIDGE, RTM_DELLINK, RTM_NEWLINK
+
 SO_ATTACH_FILTER = 26
-AF_BRIDGE = 7
-RTM_NEWLINK, RTM_DELLINK = 16, 17
 _IFI_FAMILY = 16  # struct nlmsghdr (16 bytes), then struct ifinfomsg's family byte
 
 # Classic BPF opcodes (linux/filter.h).
